@@ -1,0 +1,46 @@
+//! Names of the kernel maps and programs, spelled once for both sides.
+
+/// Per-process counters (`PerCpuHashMap<u32 tgid, ProcCounters>`).
+pub const PROC_STATS: &str = "PROC_STATS";
+/// Per-process identity (`HashMap<u32 tgid, ProcInfo>`).
+pub const PROC_INFO: &str = "PROC_INFO";
+/// Bytes sent per (process, destination) (`PerCpuHashMap<SendKey, SendCounters>`).
+pub const SEND_STATS: &str = "SEND_STATS";
+/// Bytes read per (process, watched file) (`PerCpuHashMap<FileKey, u64>`).
+pub const FILE_STATS: &str = "FILE_STATS";
+/// Watched directories and files (`HashMap<InodeKey, u64 ext mask>`).
+pub const WATCH_INODES: &str = "WATCH_INODES";
+/// Watched file-name extensions (`HashMap<ExtKey, u64 bit>`).
+pub const WATCH_EXTS: &str = "WATCH_EXTS";
+/// Cache of the watched decision per inode (`LruHashMap<InodeKey, WatchCacheEntry>`).
+pub const WATCH_CACHE: &str = "WATCH_CACHE";
+/// Runtime knobs user space can change while running (`Array<RuntimeConfig>`, one slot).
+pub const RUNTIME: &str = "RUNTIME";
+/// Error and loss counters (`PerCpuArray<u64>`, indexed by [`crate::Counter`]).
+pub const COUNTERS: &str = "COUNTERS";
+
+/// The global holding struct offsets resolved from the running kernel's BTF.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// Default capacity of the per-process maps.
+pub const DEFAULT_MAX_PROCS: u32 = 16_384;
+/// Default capacity of the per-destination map.
+pub const DEFAULT_MAX_DESTS: u32 = 32_768;
+/// Default capacity of the per-file map.
+pub const DEFAULT_MAX_FILES: u32 = 16_384;
+/// Capacity of the watch tables.
+pub const MAX_WATCH_INODES: u32 = 4_096;
+/// Capacity of the extension table; also the width of the extension bit mask.
+pub const MAX_WATCH_EXTS: u32 = 64;
+/// [`MAX_WATCH_EXTS`] as a `usize`.
+pub const MAX_WATCH_EXTS_USIZE: usize = MAX_WATCH_EXTS as usize;
+/// Capacity of the watched-decision cache.
+pub const WATCH_CACHE_SIZE: u32 = 65_536;
+
+/// Program names, as in the eBPF object.
+pub mod programs {
+    pub const FILE_SYS_EXIT: &str = "file_sys_exit";
+    pub const NET_SOCK_SEND_LENGTH: &str = "net_sock_send_length";
+    pub const PROCESS_EXIT: &str = "process_exit";
+    pub const PROCESS_EXEC: &str = "process_exec";
+}

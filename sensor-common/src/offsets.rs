@@ -1,0 +1,83 @@
+//! Kernel struct member offsets, resolved from the running kernel's BTF by
+//! user space at load time and handed to the programs as a frozen global.
+//!
+//! Each field is the byte offset of a (possibly nested) member, e.g.
+//! `file_dentry` is `offsetof(struct file, f_path) + offsetof(struct path, dentry)`.
+
+/// `Offsets::magic` once user space filled the struct; the programs refuse to
+/// count with the zero initializer.
+pub const OFFSETS_MAGIC: u32 = 0x5e45_0001;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub magic: u32,
+    // struct task_struct
+    pub task_files: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_signal: u32,
+    // struct signal_struct
+    pub signal_live: u32,
+    /// `signal_struct.pids[PIDTYPE_SID]`
+    pub signal_sid_pid: u32,
+    /// `pid.numbers[0].nr`
+    pub pid_nr: u32,
+    // struct files_struct / fdtable
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    // struct file
+    pub file_inode: u32,
+    pub file_dentry: u32,
+    // struct dentry
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    pub dentry_name_len: u32,
+    pub dentry_name_ptr: u32,
+    // struct inode / super_block
+    pub inode_mode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    // struct sock (sock_common)
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_dport: u32,
+    pub sk_v6_daddr: u32,
+    pub _pad: u32,
+}
+
+impl Offsets {
+    /// The all-zero initializer the eBPF object is built with.
+    pub const ZERO: Self = Self {
+        magic: 0,
+        task_files: 0,
+        task_real_parent: 0,
+        task_tgid: 0,
+        task_signal: 0,
+        signal_live: 0,
+        signal_sid_pid: 0,
+        pid_nr: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        file_dentry: 0,
+        dentry_parent: 0,
+        dentry_inode: 0,
+        dentry_name_len: 0,
+        dentry_name_ptr: 0,
+        inode_mode: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        sb_dev: 0,
+        sk_family: 0,
+        sk_daddr: 0,
+        sk_dport: 0,
+        sk_v6_daddr: 0,
+        _pad: 0,
+    };
+}
+
+const _: () = assert!(core::mem::size_of::<Offsets>() == 104);

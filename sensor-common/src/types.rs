@@ -1,0 +1,168 @@
+//! Map keys and values.
+
+/// Length of a task's command name, as in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Address families the send probe distinguishes (values of `AF_*`).
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Per-process byte counters, one copy per CPU (user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcCounters {
+    /// Bytes returned by reads of regular files.
+    pub read_bytes: u64,
+    pub read_ops: u64,
+    /// The part of `read_bytes` that came from watched files.
+    pub watched_read_bytes: u64,
+    pub watched_read_ops: u64,
+    /// Bytes accepted by sockets of any family (per destination in `SEND_STATS`).
+    pub sent_bytes: u64,
+    pub send_ops: u64,
+}
+
+/// `ProcInfo::flags`: the whole thread group has exited.
+pub const PROC_EXITED: u32 = 1;
+
+/// Identity of a process, written when the kernel first counts it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub tgid: u32,
+    /// Thread-group id of the real parent when first seen.
+    pub ppid: u32,
+    /// Session id (global pid namespace).
+    pub sid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `PROC_*` flags.
+    pub flags: u32,
+    /// cgroup v2 id (the inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns` when first counted.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_ns` at exit of the last thread, 0 while alive.
+    pub exit_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A destination of sent bytes, per process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SendKey {
+    pub tgid: u32,
+    /// `AF_INET`, `AF_INET6` or `AF_UNIX`.
+    pub family: u16,
+    /// Remote port in host byte order (0 when the socket has none).
+    pub port: u16,
+    /// Remote address in network byte order: 4 bytes for IPv4, 16 for IPv6,
+    /// all zero when the socket has none (unconnected) or for `AF_UNIX`.
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendCounters {
+    pub bytes: u64,
+    pub ops: u64,
+}
+
+/// An inode, as the kernel names it: `(super_block.s_dev, inode.i_ino)`.
+/// `dev` uses the kernel's internal encoding, `major << 20 | minor`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Bytes a process read from one watched file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub tgid: u32,
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// Length of an extension key, NUL padded, without the dot.
+pub const EXT_LEN: usize = 16;
+
+/// A watched file-name extension, lower case, without the dot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExtKey {
+    pub ext: [u8; EXT_LEN],
+}
+
+/// `WATCH_INODES` value: every regular file at or below the inode is watched.
+pub const WATCH_ALL: u64 = u64::MAX;
+
+/// The cached watched decision of one inode, valid for one watch-set generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchCacheEntry {
+    pub generation: u32,
+    pub watched: u32,
+}
+
+/// Knobs user space changes at run time (one slot of `RUNTIME`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Bumped whenever the watch set changes; cached decisions of older
+    /// generations are recomputed.
+    pub generation: u32,
+    pub _pad: u32,
+    /// Extensions (bits of `WATCH_EXTS`) watched anywhere in the tree.
+    pub any_ext_mask: u64,
+}
+
+/// Indices of `COUNTERS`: what the kernel side could not count, and why.
+pub mod counter {
+    pub const PROC_MAP_FULL: u32 = 0;
+    pub const INFO_MAP_FULL: u32 = 1;
+    pub const SEND_MAP_FULL: u32 = 2;
+    pub const FILE_MAP_FULL: u32 = 3;
+    pub const KERNEL_READ_ERROR: u32 = 4;
+    pub const COUNT: u32 = 5;
+    /// The `reason` label of `sensor_lost_events_total`, by index.
+    pub const REASONS: [&str; COUNT as usize] = [
+        "proc_map_full",
+        "info_map_full",
+        "send_map_full",
+        "file_map_full",
+        "kernel_read_error",
+    ];
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ProcCounters>() == 48);
+    assert!(core::mem::size_of::<ProcInfo>() == 64);
+    assert!(core::mem::size_of::<SendKey>() == 24);
+    assert!(core::mem::size_of::<SendCounters>() == 16);
+    assert!(core::mem::size_of::<InodeKey>() == 16);
+    assert!(core::mem::size_of::<FileKey>() == 16);
+    assert!(core::mem::size_of::<ExtKey>() == 16);
+    assert!(core::mem::size_of::<WatchCacheEntry>() == 8);
+    assert!(core::mem::size_of::<RuntimeConfig>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are `#[repr(C)]`, made of integers, with explicit padding.
+    unsafe impl aya::Pod for ProcCounters {}
+    unsafe impl aya::Pod for ProcInfo {}
+    unsafe impl aya::Pod for SendKey {}
+    unsafe impl aya::Pod for SendCounters {}
+    unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for FileKey {}
+    unsafe impl aya::Pod for ExtKey {}
+    unsafe impl aya::Pod for WatchCacheEntry {}
+    unsafe impl aya::Pod for RuntimeConfig {}
+    unsafe impl aya::Pod for crate::Offsets {}
+}

@@ -1,0 +1,49 @@
+//! Reading kernel memory at offsets resolved from the running kernel's BTF.
+//!
+//! `OFFSETS` lives in frozen `.rodata`: user space overrides it before load
+//! (`EbpfLoader::override_global`), so the verifier sees constants. Each field
+//! is read with `read_volatile`, or LLVM would fold the zero initializer.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use sensor_common::{counter, offsets::OFFSETS_MAGIC, Offsets};
+
+#[unsafe(no_mangle)]
+pub(crate) static OFFSETS: Offsets = Offsets::ZERO;
+
+/// The offset of one member, e.g. `off!(file_inode)`.
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: a plain read of a static; volatile so the loader's value is used.
+        unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$field) as usize }
+    };
+}
+pub(crate) use off;
+
+/// True once user space patched the offsets (never true for the zero initializer).
+#[inline(always)]
+pub fn offsets_ready() -> bool {
+    // SAFETY: as in `off!`.
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS.magic) == OFFSETS_MAGIC }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: *const u8, offset: usize) -> Result<T, u32> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) }
+        .map_err(|_| counter::KERNEL_READ_ERROR)
+}
+
+/// Reads a pointer at `base + offset`.
+#[inline(always)]
+pub fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, u32> {
+    read::<*const u8>(base, offset)
+}
+
+/// The current `struct task_struct *`.
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    // SAFETY: a helper without preconditions; the pointer is only ever read
+    // through `read`.
+    unsafe { aya_ebpf::helpers::bpf_get_current_task() as *const u8 }
+}

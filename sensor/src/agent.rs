@@ -1,0 +1,109 @@
+//! `sensor run`: validate, bind, attach, then poll the kernel maps until
+//! SIGINT/SIGTERM, and detach.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, signal::unix::{signal, SignalKind}};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::RunArgs,
+    collect::{Collector, Snapshot},
+    config::Config,
+    container::CgroupResolver,
+    destination::Classifier,
+    failure::Failure,
+    http,
+    loader::{Capacity, Sensor},
+    metrics::Metrics,
+    sysinfo,
+    watch::WatchSet,
+};
+
+/// How often cached watched decisions are recomputed, so a file renamed into
+/// (or out of) a watched directory is classified anew.
+const WATCH_REFRESH: Duration = Duration::from_secs(30);
+
+pub fn main(args: RunArgs) -> Result<(), Failure> {
+    // Everything that can be wrong with the input is checked before the
+    // kernel is touched.
+    let cfg = Config::from_args(&args)?;
+    let watch = WatchSet::resolve(&cfg.watch)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run(cfg, watch))
+}
+
+async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
+    let listener = TcpListener::bind(cfg.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on metrics-addr {}", cfg.metrics_addr))?;
+    let metrics_addr = listener.local_addr().context("metrics listener address")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    let mut sensor = Sensor::load(&watch, Capacity { processes: cfg.max_processes })?;
+    let kernel = sysinfo::kernel_release();
+    let mut metrics = Metrics::new(cfg.max_comm_labels, &kernel).context("creating metrics")?;
+    for p in &sensor.probes {
+        metrics.set_probe(p.spec.capability, p.spec.hook, p.result.is_ok());
+    }
+
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(http::serve(listener, metrics.registry.clone(), shutdown.clone()));
+    tracing::info!(
+        metrics = %format!("http://{metrics_addr}/metrics"),
+        watch = %watch.describe(),
+        "ready"
+    );
+
+    let classifier = Classifier::new(cfg.trusted_cidr.clone());
+    let mut containers = CgroupResolver::new();
+    let mut collector = Collector::default();
+    let mut ticker = tokio::time::interval(cfg.poll_interval);
+    let mut last_refresh = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        poll_once(&mut sensor, &mut collector, &mut metrics, &mut containers, &classifier)?;
+        if last_refresh.elapsed() >= WATCH_REFRESH {
+            sensor.bump_generation()?;
+            last_refresh = Instant::now();
+        }
+    }
+    // Count what moved since the last tick, then detach.
+    poll_once(&mut sensor, &mut collector, &mut metrics, &mut containers, &classifier)?;
+    shutdown.cancel();
+    drop(sensor);
+    tracing::info!("programs detached, exiting");
+    let _ = server.await;
+    Ok(())
+}
+
+fn poll_once(
+    sensor: &mut Sensor,
+    collector: &mut Collector,
+    metrics: &mut Metrics,
+    containers: &mut CgroupResolver,
+    classifier: &Classifier,
+) -> anyhow::Result<()> {
+    let snapshot = Snapshot {
+        counters: sensor.read_counters()?,
+        infos: sensor.read_infos()?,
+        sends: sensor.read_sends()?,
+        files: sensor.read_files()?,
+        lost: sensor.read_lost()?,
+    };
+    let poll = collector.ingest(snapshot, sysinfo::process_exists);
+    metrics.record(&poll, containers, classifier);
+    if !poll.forget_tgids.is_empty() {
+        sensor.forget(&poll.forget_tgids, &poll.forget_sends, &poll.forget_files)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `sensor check`: can the agent run here? Kernel, BTF, privileges, struct
+//! offsets, and whether each program loads and attaches (each tried on its
+//! own, then detached).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{cli::CheckArgs, failure::Failure, loader::Sensor, offsets, sysinfo};
+
+#[derive(Serialize)]
+struct Row {
+    item: String,
+    status: &'static str,
+    detail: String,
+}
+
+fn row(item: impl Into<String>, ok: bool, detail: impl Into<String>) -> Row {
+    Row { item: item.into(), status: if ok { "ok" } else { "FAIL" }, detail: detail.into() }
+}
+
+pub fn main(args: CheckArgs) -> Result<(), Failure> {
+    let mut rows = vec![row("kernel", true, sysinfo::kernel_release())];
+    let btf = Path::new(offsets::VMLINUX_BTF);
+    rows.push(row("btf", btf.exists(), offsets::VMLINUX_BTF));
+
+    let caps = sysinfo::effective_capabilities();
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    let bpf_ok = has(sysinfo::CAP_SYS_ADMIN) || (has(sysinfo::CAP_BPF) && has(sysinfo::CAP_PERFMON));
+    rows.push(row(
+        "privileges",
+        bpf_ok,
+        format!(
+            "euid {}, CAP_BPF={} CAP_PERFMON={} CAP_SYS_ADMIN={} CAP_SYS_RESOURCE={}",
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() },
+            has(sysinfo::CAP_BPF),
+            has(sysinfo::CAP_PERFMON),
+            has(sysinfo::CAP_SYS_ADMIN),
+            has(sysinfo::CAP_SYS_RESOURCE)
+        ),
+    ));
+    let offsets_ok = match offsets::resolve_offsets(btf) {
+        Ok(_) => row("struct offsets", true, "resolved from kernel BTF"),
+        Err(e) => row("struct offsets", false, e.to_string()),
+    };
+    let can_load = offsets_ok.status == "ok";
+    rows.push(offsets_ok);
+
+    let mut ready = bpf_ok && can_load;
+    if can_load {
+        match Sensor::probe_each() {
+            Ok(probes) => {
+                for p in probes {
+                    let detail = match &p.result {
+                        Ok(()) => format!("{} via tp_btf/{}", p.spec.capability, p.spec.hook),
+                        Err(e) => format!("{} via tp_btf/{}: {e}", p.spec.capability, p.spec.hook),
+                    };
+                    if p.spec.required && p.result.is_err() {
+                        ready = false;
+                    }
+                    rows.push(row(format!("program {}", p.spec.program), p.result.is_ok(), detail));
+                }
+            }
+            Err(e) => {
+                ready = false;
+                rows.push(row("programs", false, format!("{e:#}")));
+            }
+        }
+    }
+
+    if args.json {
+        let doc = serde_json::json!({ "ready": ready, "checks": rows });
+        println!("{doc}");
+    } else {
+        let width = rows.iter().map(|r| r.item.len()).max().unwrap_or(0);
+        for r in &rows {
+            println!("{:<width$}  {:<4}  {}", r.item, r.status, r.detail);
+        }
+        println!("{}", if ready { "ready: sensor run can start here" } else { "NOT READY: sensor run cannot start here" });
+    }
+    if ready {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!("preflight failed (see the table above)")))
+    }
+}

@@ -1,0 +1,79 @@
+//! Command line (clap derive). Values stay text here: `config` validates
+//! flags and YAML keys with one parser each, so both give the same errors.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "Kernel-level data-access sensor: counts the bytes processes read from model \
+             weights and send on sockets, and alerts on read-then-send."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the programs, serve metrics, run until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Preflight: kernel, BTF, privileges, and whether each program attaches.
+    Check(CheckArgs),
+}
+
+/// Every flag has a YAML key of the same name in `--config`; flags win.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// YAML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What counts as weights: a file, a directory (recursive), `*.EXT`, or
+    /// `DIR/**/*.EXT`. Repeatable. Default: common weight extensions and
+    /// /models, /mnt/models, /data/models, ~/.cache/huggingface.
+    #[arg(long = "watch", value_name = "PATH_OR_GLOB")]
+    pub watch: Vec<String>,
+    /// Where /metrics and /healthz are served.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// A trusted destination network. Repeatable; loopback is always trusted.
+    #[arg(long = "trusted-cidr", value_name = "CIDR")]
+    pub trusted_cidr: Vec<String>,
+    /// Append alerts as JSON lines to this file.
+    #[arg(long, value_name = "PATH")]
+    pub alerts_file: Option<PathBuf>,
+    /// Push alerts to Alertmanager's v2 API at this base URL.
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
+    /// Detection window in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub window: Option<String>,
+    /// Watched bytes an actor must read in the window to alert (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub min_read_bytes: Option<String>,
+    /// Untrusted bytes an actor must send in the window to alert (e.g. 32MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub min_send_bytes: Option<String>,
+    /// Minimum sent/read ratio to alert.
+    #[arg(long, value_name = "RATIO")]
+    pub min_send_ratio: Option<String>,
+    /// How often the kernel maps are read, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub poll_interval_ms: Option<String>,
+    /// Distinct `comm` label values before the rest fold into "other".
+    #[arg(long, value_name = "N")]
+    pub max_comm_labels: Option<String>,
+    /// Processes the kernel maps can hold at once.
+    #[arg(long, value_name = "N")]
+    pub max_processes: Option<String>,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct CheckArgs {
+    /// Print the table as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,283 @@
+//! Per-process totals from the kernel maps: each poll turns the cumulative
+//! kernel counters into deltas since the previous poll, and says which
+//! exited processes can be dropped from the maps. Pure: the maps are read by
+//! the loader, liveness is a function handed in.
+
+use std::collections::{HashMap, HashSet};
+
+use sensor_common::{counter, FileKey, InodeKey, ProcCounters, ProcInfo, SendCounters, SendKey, PROC_EXITED};
+
+use crate::destination::Endpoint;
+
+/// What one read of the kernel maps returned.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub counters: Vec<(u32, ProcCounters)>,
+    pub infos: Vec<(u32, ProcInfo)>,
+    pub sends: Vec<(SendKey, SendCounters)>,
+    pub files: Vec<(FileKey, u64)>,
+    pub lost: [u64; counter::COUNT as usize],
+}
+
+/// Who a process is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub sid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    /// Command name; `?` when the kernel could not record it.
+    pub comm: String,
+}
+
+impl Identity {
+    fn from_info(tgid: u32, info: Option<&ProcInfo>) -> Self {
+        match info {
+            Some(i) => Identity {
+                tgid,
+                ppid: i.ppid,
+                sid: i.sid,
+                uid: i.uid,
+                cgroup_id: i.cgroup_id,
+                comm: comm_string(&i.comm),
+            },
+            None => Identity { tgid, ppid: 0, sid: 0, uid: 0, cgroup_id: 0, comm: "?".into() },
+        }
+    }
+}
+
+/// The command name up to its NUL, invalid UTF-8 replaced.
+pub fn comm_string(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Bytes a process moved since the previous poll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcDelta {
+    pub tgid: u32,
+    pub read_bytes: u64,
+    pub watched_read_bytes: u64,
+    pub sent_bytes: u64,
+    /// Cumulative totals since the sensor first counted the process.
+    pub total: ProcCounters,
+    pub exited: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendDelta {
+    pub tgid: u32,
+    pub endpoint: Endpoint,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDelta {
+    pub tgid: u32,
+    pub inode: InodeKey,
+    pub bytes: u64,
+}
+
+/// The result of one poll.
+#[derive(Clone, Debug, Default)]
+pub struct Poll {
+    /// Processes that moved bytes since the previous poll (or exited).
+    pub procs: Vec<ProcDelta>,
+    pub sends: Vec<SendDelta>,
+    pub files: Vec<FileDelta>,
+    /// Identity of every process in this poll's deltas.
+    pub identities: HashMap<u32, Identity>,
+    /// Lost counts since the previous poll, by `counter` index.
+    pub lost: [u64; counter::COUNT as usize],
+    /// Processes the kernel maps hold now, minus the exited ones.
+    pub tracked: usize,
+    /// Map entries of exited processes, to remove now that they are counted.
+    pub forget_tgids: Vec<u32>,
+    pub forget_sends: Vec<SendKey>,
+    pub forget_files: Vec<FileKey>,
+}
+
+/// Remembers the previous cumulative values.
+#[derive(Debug, Default)]
+pub struct Collector {
+    last_proc: HashMap<u32, ProcCounters>,
+    last_send: HashMap<SendKey, u64>,
+    last_file: HashMap<FileKey, u64>,
+    last_lost: [u64; counter::COUNT as usize],
+}
+
+impl Collector {
+    /// Turns a snapshot into deltas. `alive(tgid)` is asked only for
+    /// processes the kernel has no identity for (their exit is unmarked).
+    pub fn ingest(&mut self, snap: Snapshot, alive: impl Fn(u32) -> bool) -> Poll {
+        let infos: HashMap<u32, ProcInfo> = snap.infos.into_iter().collect();
+        let mut poll = Poll::default();
+        let mut gone: HashSet<u32> = HashSet::new();
+
+        for (tgid, now) in snap.counters {
+            let info = infos.get(&tgid);
+            let exited = match info {
+                Some(i) => i.flags & PROC_EXITED != 0,
+                None => !alive(tgid),
+            };
+            let before = self.last_proc.get(&tgid).copied().unwrap_or_default();
+            let delta = ProcDelta {
+                tgid,
+                read_bytes: now.read_bytes.saturating_sub(before.read_bytes),
+                watched_read_bytes: now.watched_read_bytes.saturating_sub(before.watched_read_bytes),
+                sent_bytes: now.sent_bytes.saturating_sub(before.sent_bytes),
+                total: now,
+                exited,
+            };
+            if exited {
+                gone.insert(tgid);
+                self.last_proc.remove(&tgid);
+            } else {
+                self.last_proc.insert(tgid, now);
+                poll.tracked += 1;
+            }
+            if exited || delta.read_bytes + delta.sent_bytes > 0 {
+                poll.identities.insert(tgid, Identity::from_info(tgid, info));
+                poll.procs.push(delta);
+            }
+        }
+        // Identity entries without counters (counter map full): forget with the process.
+        for (tgid, info) in &infos {
+            if info.flags & PROC_EXITED != 0 && !self.last_proc.contains_key(tgid) {
+                gone.insert(*tgid);
+            }
+        }
+
+        for (key, now) in snap.sends {
+            let before = self.last_send.get(&key).copied().unwrap_or(0);
+            let bytes = now.bytes.saturating_sub(before);
+            if bytes > 0 {
+                if let Some(endpoint) = Endpoint::from_kernel(key.family, key.addr, key.port) {
+                    poll.sends.push(SendDelta { tgid: key.tgid, endpoint, bytes });
+                }
+            }
+            if gone.contains(&key.tgid) {
+                self.last_send.remove(&key);
+                poll.forget_sends.push(key);
+            } else {
+                self.last_send.insert(key, now.bytes);
+            }
+        }
+        for (key, now) in snap.files {
+            let before = self.last_file.get(&key).copied().unwrap_or(0);
+            let bytes = now.saturating_sub(before);
+            if bytes > 0 {
+                let inode = InodeKey { dev: key.dev, _pad: 0, ino: key.ino };
+                poll.files.push(FileDelta { tgid: key.tgid, inode, bytes });
+            }
+            if gone.contains(&key.tgid) {
+                self.last_file.remove(&key);
+                poll.forget_files.push(key);
+            } else {
+                self.last_file.insert(key, now);
+            }
+        }
+        for (i, now) in snap.lost.iter().enumerate() {
+            poll.lost[i] = now.saturating_sub(self.last_lost[i]);
+            self.last_lost[i] = *now;
+        }
+        poll.forget_tgids = gone.into_iter().collect();
+        poll.forget_tgids.sort_unstable();
+        poll
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::AF_INET;
+
+    use super::*;
+
+    fn info(tgid: u32, comm: &str, flags: u32) -> (u32, ProcInfo) {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        (tgid, ProcInfo { tgid, ppid: 1, sid: 7, uid: 0, comm: c, flags, ..Default::default() })
+    }
+
+    fn counters(read: u64, watched: u64, sent: u64) -> ProcCounters {
+        ProcCounters { read_bytes: read, watched_read_bytes: watched, sent_bytes: sent, ..Default::default() }
+    }
+
+    fn send(tgid: u32, bytes: u64) -> (SendKey, SendCounters) {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[198, 18, 0, 2]);
+        (SendKey { tgid, family: AF_INET, port: 443, addr }, SendCounters { bytes, ops: 1 })
+    }
+
+    #[test]
+    fn deltas_between_polls() {
+        let mut c = Collector::default();
+        let p = c.ingest(
+            Snapshot { counters: vec![(10, counters(100, 60, 5))], infos: vec![info(10, "python3", 0)], sends: vec![send(10, 5)], ..Default::default() },
+            |_| true,
+        );
+        assert_eq!(p.procs[0].read_bytes, 100);
+        assert_eq!(p.procs[0].watched_read_bytes, 60);
+        assert_eq!(p.identities[&10].comm, "python3");
+        assert_eq!(p.sends[0].bytes, 5);
+        assert_eq!(p.tracked, 1);
+        let p = c.ingest(
+            Snapshot { counters: vec![(10, counters(150, 60, 5))], infos: vec![info(10, "python3", 0)], sends: vec![send(10, 5)], ..Default::default() },
+            |_| true,
+        );
+        assert_eq!(p.procs.len(), 1);
+        assert_eq!((p.procs[0].read_bytes, p.procs[0].watched_read_bytes, p.procs[0].sent_bytes), (50, 0, 0));
+        assert!(p.sends.is_empty(), "no new send bytes");
+        let p = c.ingest(
+            Snapshot { counters: vec![(10, counters(150, 60, 5))], infos: vec![info(10, "python3", 0)], ..Default::default() },
+            |_| true,
+        );
+        assert!(p.procs.is_empty(), "idle processes are not reported");
+        assert!(p.forget_tgids.is_empty());
+    }
+
+    #[test]
+    fn exited_processes_report_last_bytes_then_are_forgotten() {
+        let mut c = Collector::default();
+        c.ingest(Snapshot { counters: vec![(10, counters(100, 0, 0))], infos: vec![info(10, "dd", 0)], ..Default::default() }, |_| true);
+        let file = (FileKey { tgid: 10, dev: 1, ino: 2 }, 40);
+        let p = c.ingest(
+            Snapshot { counters: vec![(10, counters(140, 40, 0))], infos: vec![info(10, "dd", PROC_EXITED)], files: vec![file], ..Default::default() },
+            |_| true,
+        );
+        assert_eq!(p.procs[0].read_bytes, 40);
+        assert!(p.procs[0].exited);
+        assert_eq!(p.forget_tgids, vec![10]);
+        assert_eq!(p.forget_files, vec![file.0]);
+        assert_eq!(p.files[0].bytes, 40);
+        assert_eq!(p.tracked, 0);
+        // A new process reusing the pid starts from zero.
+        let p = c.ingest(Snapshot { counters: vec![(10, counters(7, 0, 0))], infos: vec![info(10, "cat", 0)], ..Default::default() }, |_| true);
+        assert_eq!(p.procs[0].read_bytes, 7);
+    }
+
+    #[test]
+    fn unlabelled_processes_use_liveness() {
+        let mut c = Collector::default();
+        let p = c.ingest(Snapshot { counters: vec![(99, counters(1, 0, 0))], ..Default::default() }, |_| false);
+        assert_eq!(p.identities[&99].comm, "?");
+        assert_eq!(p.forget_tgids, vec![99]);
+    }
+
+    #[test]
+    fn lost_is_a_delta() {
+        let mut c = Collector::default();
+        let mut lost = [0; counter::COUNT as usize];
+        lost[0] = 5;
+        assert_eq!(c.ingest(Snapshot { lost, ..Default::default() }, |_| true).lost[0], 5);
+        lost[0] = 7;
+        assert_eq!(c.ingest(Snapshot { lost, ..Default::default() }, |_| true).lost[0], 2);
+    }
+
+    #[test]
+    fn comm_is_cut_at_nul_and_lossy() {
+        assert_eq!(comm_string(b"ab\0cd"), "ab");
+        assert_eq!(comm_string(&[0x66, 0xff, 0x67]), "f\u{fffd}g");
+    }
+}

@@ -1,0 +1,341 @@
+//! Configuration: YAML keys and command-line flags, one-to-one, validated by
+//! one parser per key. Flags override the file. Every error names the key
+//! and the bad value in one line.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::{cli::RunArgs, size::parse_size};
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// A bad configuration value: exit code 2.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("invalid {key} '{value}': {reason}")]
+    Invalid { key: &'static str, value: String, reason: String },
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("invalid config file {path}: {reason}")]
+    Syntax { path: String, reason: String },
+}
+
+fn invalid(key: &'static str, value: &str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
+}
+
+/// Detection thresholds (rule `read_then_send`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectConfig {
+    pub window: Duration,
+    pub min_read_bytes: u64,
+    pub min_send_bytes: u64,
+    pub min_send_ratio: f64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            min_read_bytes: 64 << 20,
+            min_send_bytes: 32 << 20,
+            min_send_ratio: 0.5,
+        }
+    }
+}
+
+/// The validated configuration of `sensor run`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Watch specs as given; empty means the embedded default set.
+    pub watch: Vec<String>,
+    pub metrics_addr: SocketAddr,
+    pub trusted_cidr: Vec<IpNet>,
+    pub alerts_file: Option<PathBuf>,
+    pub alertmanager_url: Option<String>,
+    pub detect: DetectConfig,
+    pub poll_interval: Duration,
+    pub max_comm_labels: usize,
+    pub max_processes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            watch: Vec::new(),
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default address"),
+            trusted_cidr: Vec::new(),
+            alerts_file: None,
+            alertmanager_url: None,
+            detect: DetectConfig::default(),
+            poll_interval: Duration::from_millis(1000),
+            max_comm_labels: 256,
+            max_processes: sensor_common::maps::DEFAULT_MAX_PROCS,
+        }
+    }
+}
+
+/// A YAML scalar, kept as text so flags and keys share their parsers.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// The YAML file: the flags' names are its keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    watch: Option<Vec<String>>,
+    metrics_addr: Option<String>,
+    trusted_cidr: Option<Vec<String>>,
+    alerts_file: Option<PathBuf>,
+    alertmanager_url: Option<String>,
+    window: Option<Scalar>,
+    min_read_bytes: Option<Scalar>,
+    min_send_bytes: Option<Scalar>,
+    min_send_ratio: Option<Scalar>,
+    poll_interval_ms: Option<Scalar>,
+    max_comm_labels: Option<Scalar>,
+    max_processes: Option<Scalar>,
+}
+
+impl Config {
+    /// Reads `--config` (if any) and applies the flags over it.
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Self::read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let text = |flag: &Option<String>, key: &Option<Scalar>| {
+            flag.clone().or_else(|| key.as_ref().map(Scalar::text))
+        };
+        let list = |flag: &Vec<String>, key: &Option<Vec<String>>| {
+            if flag.is_empty() { key.clone().unwrap_or_default() } else { flag.clone() }
+        };
+        let mut cfg = Config { watch: list(&args.watch, &file.watch), ..Config::default() };
+        for w in &cfg.watch {
+            if w.trim().is_empty() {
+                return Err(invalid("watch", w, "empty path"));
+            }
+        }
+        if let Some(addr) = args.metrics_addr.clone().or(file.metrics_addr) {
+            cfg.metrics_addr = parse_addr(&addr)?;
+        }
+        cfg.trusted_cidr = list(&args.trusted_cidr, &file.trusted_cidr)
+            .iter()
+            .map(|c| parse_cidr(c))
+            .collect::<Result<_, _>>()?;
+        cfg.alerts_file = args.alerts_file.clone().or(file.alerts_file);
+        if let Some(url) = args.alertmanager_url.clone().or(file.alertmanager_url) {
+            cfg.alertmanager_url = Some(parse_url(&url)?);
+        }
+        if let Some(v) = text(&args.window, &file.window) {
+            let secs = parse_count("window", &v, 1, 30 * 24 * 3600)?;
+            cfg.detect.window = Duration::from_secs(secs);
+        }
+        if let Some(v) = text(&args.min_read_bytes, &file.min_read_bytes) {
+            cfg.detect.min_read_bytes = parse_size(&v).map_err(|e| invalid("min-read-bytes", &v, e))?;
+        }
+        if let Some(v) = text(&args.min_send_bytes, &file.min_send_bytes) {
+            cfg.detect.min_send_bytes = parse_size(&v).map_err(|e| invalid("min-send-bytes", &v, e))?;
+        }
+        if let Some(v) = text(&args.min_send_ratio, &file.min_send_ratio) {
+            cfg.detect.min_send_ratio = parse_ratio(&v)?;
+        }
+        if let Some(v) = text(&args.poll_interval_ms, &file.poll_interval_ms) {
+            let ms = parse_count("poll-interval-ms", &v, 10, 60_000)?;
+            cfg.poll_interval = Duration::from_millis(ms);
+        }
+        if let Some(v) = text(&args.max_comm_labels, &file.max_comm_labels) {
+            cfg.max_comm_labels = parse_count("max-comm-labels", &v, 1, 100_000)? as usize;
+        }
+        if let Some(v) = text(&args.max_processes, &file.max_processes) {
+            cfg.max_processes = parse_count("max-processes", &v, 64, 4_194_304)? as u32;
+        }
+        Ok(cfg)
+    }
+
+    fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Unreadable { path: shown.clone(), reason: e.to_string() })?;
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_norway::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: shown,
+            reason: e.to_string().replace('\n', " "),
+        })
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, ConfigError> {
+    let t = text.trim();
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some(port) = t.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    Err(invalid("metrics-addr", text, "expected IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464"))
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, ConfigError> {
+    let t = text.trim();
+    if let Ok(net) = t.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(invalid("trusted-cidr", text, "expected a network such as 10.0.0.0/8 or fd00::/8"))
+}
+
+fn parse_url(text: &str) -> Result<String, ConfigError> {
+    let t = text.trim().trim_end_matches('/');
+    let rest = t.strip_prefix("http://").or_else(|| t.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(t.to_string()),
+        _ => Err(invalid("alertmanager-url", text, "expected http://HOST:PORT or https://HOST:PORT")),
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f64, ConfigError> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(invalid("min-send-ratio", text, "expected a number >= 0, e.g. 0.5")),
+    }
+}
+
+fn parse_count(key: &'static str, text: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(invalid(key, text, format!("expected a whole number from {min} to {max}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs::default()
+    }
+
+    fn yaml(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::from_args(&args()).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(cfg.detect.min_read_bytes, 64 << 20);
+        assert_eq!(cfg.detect.min_send_bytes, 32 << 20);
+        assert_eq!(cfg.detect.window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn yaml_keys_match_flags() {
+        let f = yaml(
+            "watch: [/models, '*.gguf']\nmetrics-addr: 0.0.0.0:9000\ntrusted-cidr: [10.0.0.0/8]\n\
+             alerts-file: /tmp/a.jsonl\nalertmanager-url: http://127.0.0.1:9093/\nwindow: 60\n\
+             min-read-bytes: 1GiB\nmin-send-bytes: 1048576\nmin-send-ratio: 0.25\n\
+             poll-interval-ms: 250\nmax-comm-labels: 10\nmax-processes: 1024\n",
+        );
+        let cfg = Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }).unwrap();
+        assert_eq!(cfg.watch, vec!["/models", "*.gguf"]);
+        assert_eq!(cfg.metrics_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(cfg.trusted_cidr, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(cfg.alerts_file, Some(PathBuf::from("/tmp/a.jsonl")));
+        assert_eq!(cfg.alertmanager_url.as_deref(), Some("http://127.0.0.1:9093"));
+        assert_eq!(cfg.detect.window, Duration::from_secs(60));
+        assert_eq!(cfg.detect.min_read_bytes, 1 << 30);
+        assert_eq!(cfg.detect.min_send_bytes, 1 << 20);
+        assert_eq!(cfg.detect.min_send_ratio, 0.25);
+        assert_eq!(cfg.poll_interval, Duration::from_millis(250));
+        assert_eq!(cfg.max_comm_labels, 10);
+        assert_eq!(cfg.max_processes, 1024);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f = yaml("metrics-addr: 0.0.0.0:9000\nwatch: [/a]\nmin-read-bytes: 1GiB\n");
+        let a = RunArgs {
+            config: Some(f.path().into()),
+            metrics_addr: Some("127.0.0.1:1234".into()),
+            watch: vec!["/b".into()],
+            ..args()
+        };
+        let cfg = Config::from_args(&a).unwrap();
+        assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.1:1234");
+        assert_eq!(cfg.watch, vec!["/b"]);
+        assert_eq!(cfg.detect.min_read_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let cases: Vec<(RunArgs, &str, &str)> = vec![
+            (RunArgs { trusted_cidr: vec!["10.0.0.0/33".into()], ..args() }, "trusted-cidr", "10.0.0.0/33"),
+            (RunArgs { metrics_addr: Some("nowhere".into()), ..args() }, "metrics-addr", "nowhere"),
+            (RunArgs { min_read_bytes: Some("12XB".into()), ..args() }, "min-read-bytes", "12XB"),
+            (RunArgs { min_send_ratio: Some("-1".into()), ..args() }, "min-send-ratio", "-1"),
+            (RunArgs { window: Some("0".into()), ..args() }, "window", "0"),
+            (RunArgs { alertmanager_url: Some("ftp://x".into()), ..args() }, "alertmanager-url", "ftp://x"),
+        ];
+        for (a, key, value) in cases {
+            let msg = Config::from_args(&a).unwrap_err().to_string();
+            assert!(msg.contains(key) && msg.contains(value), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_files() {
+        let missing = Config::from_args(&RunArgs { config: Some("/nonexistent.yaml".into()), ..args() });
+        assert!(matches!(missing, Err(ConfigError::Unreadable { .. })));
+        let f = yaml("no-such-key: 1\n");
+        let err = Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }).unwrap_err();
+        assert!(err.to_string().contains("no-such-key"), "{err}");
+        let f = yaml("min-read-bytes: lots\n");
+        let err = Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }).unwrap_err();
+        assert_eq!(err, invalid("min-read-bytes", "lots", parse_size("lots").unwrap_err()));
+        let f = yaml("watch: [\n");
+        assert!(matches!(
+            Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }),
+            Err(ConfigError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn plain_ip_is_a_host_network() {
+        assert_eq!(parse_cidr("198.18.0.5").unwrap().to_string(), "198.18.0.5/32");
+        assert_eq!(parse_cidr("198.18.0.5/24").unwrap().to_string(), "198.18.0.0/24");
+    }
+}

@@ -1,0 +1,155 @@
+//! The Prometheus registry: counters fed from each poll's deltas. Exporters
+//! read totals, never kernel maps. Labels are bounded: no pid, no path,
+//! `comm` folded past a cap.
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use sensor_common::counter;
+
+use crate::{
+    collect::Poll, container::CgroupResolver, destination::Classifier, labels::LabelFolder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    file_read: IntCounterVec,
+    socket_send: IntCounterVec,
+    lost: IntCounterVec,
+    tracked: IntGauge,
+    probe_info: IntGaugeVec,
+    comms: LabelFolder,
+}
+
+impl Metrics {
+    pub fn new(max_comm_labels: usize, kernel: &str) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let file_read = counter_vec(
+            "sensor_file_read_bytes_total",
+            "Bytes read from regular files, by watched (weights) or not.",
+            &["comm", "container", "watched"],
+        )?;
+        let socket_send = counter_vec(
+            "sensor_socket_send_bytes_total",
+            "Bytes sent on sockets, by destination class (loopback, local = UNIX domain, trusted, untrusted).",
+            &["comm", "container", "destination"],
+        )?;
+        let lost = counter_vec(
+            "sensor_lost_events_total",
+            "Reads or sends the kernel side could not count, by reason.",
+            &["reason"],
+        )?;
+        for reason in counter::REASONS {
+            lost.with_label_values(&[reason]).inc_by(0);
+        }
+        let tracked = IntGauge::new("sensor_tracked_processes", "Processes the kernel maps hold counts for.")?;
+        registry.register(Box::new(tracked.clone()))?;
+        let build = IntGaugeVec::new(
+            Opts::new("sensor_build_info", "Build and kernel of the running agent (always 1)."),
+            &["version", "kernel"],
+        )?;
+        registry.register(Box::new(build.clone()))?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel]).set(1);
+        let probe_info = IntGaugeVec::new(
+            Opts::new("sensor_probe_info", "1 for each capability's attached hook, 0 when it has none."),
+            &["capability", "hook"],
+        )?;
+        registry.register(Box::new(probe_info.clone()))?;
+        Ok(Self {
+            registry,
+            file_read,
+            socket_send,
+            lost,
+            tracked,
+            probe_info,
+            comms: LabelFolder::new(max_comm_labels),
+        })
+    }
+
+    pub fn set_probe(&self, capability: &str, hook: &str, attached: bool) {
+        self.probe_info.with_label_values(&[capability, hook]).set(attached as i64);
+    }
+
+    /// Adds one poll's deltas.
+    pub fn record(&mut self, poll: &Poll, containers: &mut CgroupResolver, classifier: &Classifier) {
+        let mut labels_of = |tgid: u32, comms: &mut LabelFolder| -> (String, String) {
+            match poll.identities.get(&tgid) {
+                Some(id) => (comms.fold(&id.comm).to_string(), containers.attribution(id.cgroup_id).container),
+                None => ("?".to_string(), String::new()),
+            }
+        };
+        for p in &poll.procs {
+            if p.read_bytes == 0 {
+                continue;
+            }
+            let (comm, container) = labels_of(p.tgid, &mut self.comms);
+            let unwatched = p.read_bytes.saturating_sub(p.watched_read_bytes);
+            if p.watched_read_bytes > 0 {
+                self.file_read.with_label_values(&[&comm, &container, "true"]).inc_by(p.watched_read_bytes);
+            }
+            if unwatched > 0 {
+                self.file_read.with_label_values(&[&comm, &container, "false"]).inc_by(unwatched);
+            }
+        }
+        for s in &poll.sends {
+            let (comm, container) = labels_of(s.tgid, &mut self.comms);
+            let class = classifier.classify(&s.endpoint);
+            self.socket_send.with_label_values(&[&comm, &container, class.as_str()]).inc_by(s.bytes);
+        }
+        for (i, n) in poll.lost.iter().enumerate() {
+            if *n > 0 {
+                self.lost.with_label_values(&[counter::REASONS[i]]).inc_by(*n);
+            }
+        }
+        self.tracked.set(poll.tracked as i64);
+    }
+
+    /// The text exposition format.
+    pub fn encode(registry: &Registry) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::{ProcCounters, AF_INET};
+
+    use super::*;
+    use crate::collect::{Identity, ProcDelta, SendDelta};
+
+    #[test]
+    fn records_labelled_deltas() {
+        let mut m = Metrics::new(8, "6.18.0-test").unwrap();
+        let mut poll = Poll::default();
+        poll.identities.insert(
+            5,
+            Identity { tgid: 5, ppid: 1, sid: 5, uid: 0, cgroup_id: 0, comm: "we\"ird\\na\nme".into() },
+        );
+        poll.procs.push(ProcDelta {
+            tgid: 5,
+            read_bytes: 100,
+            watched_read_bytes: 60,
+            sent_bytes: 30,
+            total: ProcCounters::default(),
+            exited: false,
+        });
+        let ep = crate::destination::Endpoint::from_kernel(AF_INET, [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 9).unwrap();
+        poll.sends.push(SendDelta { tgid: 5, endpoint: ep, bytes: 30 });
+        poll.lost[1] = 3;
+        poll.tracked = 1;
+        m.record(&poll, &mut CgroupResolver::new(), &Classifier::default());
+        let text = Metrics::encode(&m.registry);
+        assert!(text.contains(r#"sensor_file_read_bytes_total{comm="we\"ird\\na\nme",container="",watched="true"} 60"#), "{text}");
+        assert!(text.contains(r#"watched="false"} 40"#), "{text}");
+        assert!(text.contains(r#"destination="untrusted"} 30"#), "{text}");
+        assert!(text.contains(r#"sensor_lost_events_total{reason="info_map_full"} 3"#), "{text}");
+        assert!(text.contains(r#"sensor_lost_events_total{reason="proc_map_full"} 0"#), "{text}");
+        assert!(text.contains("sensor_tracked_processes 1"), "{text}");
+        assert!(text.contains(r#"sensor_build_info{kernel="6.18.0-test""#), "{text}");
+    }
+}

@@ -1,0 +1,209 @@
+//! Resolves the kernel struct offsets the programs need from the running
+//! kernel's BTF (`/sys/kernel/btf/vmlinux`), so one eBPF object runs on any
+//! kernel with BTF. Anonymous unions and structs are descended into, bitfields
+//! are refused, and each member's size is checked against what the programs
+//! read.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use sensor_common::{offsets::OFFSETS_MAGIC, Offsets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("cannot read kernel BTF at {path}: {source}")]
+    Open { path: String, source: btf_rs::Error },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {member}")]
+    NoMember { strukt: String, member: String },
+    #[error("kernel BTF: {0} is a bitfield")]
+    Bitfield(String),
+    #[error("kernel BTF: {what} is {actual} bytes, expected {expected}")]
+    Size { what: String, actual: usize, expected: usize },
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] btf_rs::Error),
+    #[error("kernel BTF: enum value {0} not found")]
+    NoEnumValue(String),
+}
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads the kernel BTF and resolves every offset of [`Offsets`].
+pub fn resolve_offsets(path: &Path) -> Result<Offsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|source| OffsetError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let r = Resolver { btf: &btf };
+    let sid = r.enum_value("pid_type", "PIDTYPE_SID")?;
+    Ok(Offsets {
+        magic: OFFSETS_MAGIC,
+        task_files: r.member("task_struct", &["files"], 8)?,
+        task_real_parent: r.member("task_struct", &["real_parent"], 8)?,
+        task_tgid: r.member("task_struct", &["tgid"], 4)?,
+        task_signal: r.member("task_struct", &["signal"], 8)?,
+        signal_live: r.member("signal_struct", &["live"], 4)?,
+        // `struct pid *pids[PIDTYPE_MAX]`: the SID slot of the array.
+        signal_sid_pid: r.member("signal_struct", &["pids"], 8 * r.array_len("signal_struct", "pids")?)?
+            + 8 * sid,
+        pid_nr: r.member("pid", &["numbers"], 0)? + r.member("upid", &["nr"], 4)?,
+        files_fdt: r.member("files_struct", &["fdt"], 8)?,
+        fdt_max_fds: r.member("fdtable", &["max_fds"], 4)?,
+        fdt_fd: r.member("fdtable", &["fd"], 8)?,
+        file_inode: r.member("file", &["f_inode"], 8)?,
+        file_dentry: r.member("file", &["f_path", "dentry"], 8)?,
+        dentry_parent: r.member("dentry", &["d_parent"], 8)?,
+        dentry_inode: r.member("dentry", &["d_inode"], 8)?,
+        dentry_name_len: r.member("dentry", &["d_name", "len"], 4)?,
+        dentry_name_ptr: r.member("dentry", &["d_name", "name"], 8)?,
+        inode_mode: r.member("inode", &["i_mode"], 2)?,
+        inode_ino: r.member("inode", &["i_ino"], 8)?,
+        inode_sb: r.member("inode", &["i_sb"], 8)?,
+        sb_dev: r.member("super_block", &["s_dev"], 4)?,
+        sk_family: r.member("sock", &["__sk_common", "skc_family"], 2)?,
+        sk_daddr: r.member("sock", &["__sk_common", "skc_daddr"], 4)?,
+        sk_dport: r.member("sock", &["__sk_common", "skc_dport"], 2)?,
+        sk_v6_daddr: r.member("sock", &["__sk_common", "skc_v6_daddr"], 16)?,
+        _pad: 0,
+    })
+}
+
+struct Resolver<'a> {
+    btf: &'a Btf,
+}
+
+impl Resolver<'_> {
+    fn find_struct(&self, name: &str) -> Result<Type, OffsetError> {
+        self.btf
+            .resolve_types_by_name(name)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+            .ok_or_else(|| OffsetError::NoStruct(name.to_string()))
+    }
+
+    /// Byte offset of `strukt.path[0].path[1]…`, checking the last member's
+    /// size (0: any size).
+    fn member(&self, strukt: &str, path: &[&str], size: usize) -> Result<u32, OffsetError> {
+        let mut ty = self.find_struct(strukt)?;
+        let mut offset = 0u32;
+        let mut what = strukt.to_string();
+        for name in path {
+            what = format!("{what}.{name}");
+            let (bits, member_ty) = self
+                .find_member(&ty, name)?
+                .ok_or_else(|| OffsetError::NoMember { strukt: strukt.into(), member: what.clone() })?;
+            offset += bits / 8;
+            ty = self.strip(member_ty)?;
+        }
+        let actual = self.size_of(&ty)?;
+        if size != 0 && actual != size {
+            return Err(OffsetError::Size { what, actual, expected: size });
+        }
+        Ok(offset)
+    }
+
+    /// Number of elements of the array member `strukt.name`.
+    fn array_len(&self, strukt: &str, name: &str) -> Result<usize, OffsetError> {
+        let ty = self.find_struct(strukt)?;
+        match self.find_member(&ty, name)?.map(|(_, t)| self.strip(t)).transpose()? {
+            Some(Type::Array(a)) => Ok(a.len()),
+            _ => Err(OffsetError::NoMember { strukt: strukt.into(), member: name.into() }),
+        }
+    }
+
+    /// Finds `name` in a struct or union, descending into anonymous members;
+    /// returns its bit offset and type.
+    fn find_member(&self, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, OffsetError> {
+        let members = match ty {
+            Type::Struct(s) | Type::Union(s) => &s.members,
+            _ => return Ok(None),
+        };
+        for m in members {
+            let m_name = self.btf.resolve_name(m).unwrap_or_default();
+            if m_name == name {
+                if m.bitfield_size().is_some_and(|b| b != 0) {
+                    return Err(OffsetError::Bitfield(name.to_string()));
+                }
+                return Ok(Some((m.bit_offset(), self.btf.resolve_chained_type(m)?)));
+            }
+            if m_name.is_empty() {
+                let inner = self.strip(self.btf.resolve_chained_type(m)?)?;
+                if let Some((bits, t)) = self.find_member(&inner, name)? {
+                    return Ok(Some((m.bit_offset() + bits, t)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut ty: Type) -> Result<Type, OffsetError> {
+        for _ in 0..32 {
+            match &ty {
+                Type::Typedef(t) => ty = self.btf.resolve_chained_type(t)?,
+                Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => {
+                    ty = self.btf.resolve_chained_type(t)?
+                }
+                Type::TypeTag(t) => ty = self.btf.resolve_chained_type(t)?,
+                _ => break,
+            }
+        }
+        Ok(ty)
+    }
+
+    fn size_of(&self, ty: &Type) -> Result<usize, OffsetError> {
+        Ok(match ty {
+            Type::Int(i) => i.size(),
+            Type::Ptr(_) => 8,
+            Type::Enum(e) => e.size(),
+            Type::Enum64(e) => e.size(),
+            Type::Struct(s) | Type::Union(s) => s.size(),
+            Type::Array(a) => {
+                let elem = self.strip(self.btf.resolve_chained_type(a)?)?;
+                a.len() * self.size_of(&elem)?
+            }
+            Type::Float(f) => f.size(),
+            _ => 0,
+        })
+    }
+
+    fn enum_value(&self, enum_name: &str, value: &str) -> Result<u32, OffsetError> {
+        for ty in self.btf.resolve_types_by_name(enum_name).unwrap_or_default() {
+            if let Type::Enum(e) = ty {
+                for m in &e.members {
+                    if self.btf.resolve_name(m).ok().as_deref() == Some(value) {
+                        return Ok(m.val());
+                    }
+                }
+            }
+        }
+        Err(OffsetError::NoEnumValue(format!("{enum_name}::{value}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resolves against this machine's kernel; the values themselves differ by
+    /// kernel, so this checks their consistency instead.
+    #[test]
+    fn resolves_running_kernel() {
+        let o = resolve_offsets(Path::new(VMLINUX_BTF)).expect("offsets from /sys/kernel/btf/vmlinux");
+        assert_eq!(o.magic, OFFSETS_MAGIC);
+        // `struct qstr { u32 hash; u32 len; } name` on little endian.
+        assert_eq!(o.dentry_name_ptr - o.dentry_name_len, 4);
+        // `struct sock_common` begins `struct sock`; daddr is its first member.
+        assert_eq!(o.sk_daddr, 0);
+        assert!(o.sk_dport > o.sk_daddr && o.sk_family > o.sk_dport);
+        assert!(o.task_files > 0 && o.task_signal > 0 && o.file_inode > 0);
+    }
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let err = resolve_offsets(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+    }
+}
