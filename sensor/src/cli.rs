@@ -49,25 +49,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     pub alertmanager_url: Option<String>,
     /// Detection window in seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub window: Option<String>,
     /// Watched bytes an actor must read in the window to alert (e.g. 64MiB).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub min_read_bytes: Option<String>,
     /// Untrusted bytes an actor must send in the window to alert (e.g. 32MiB).
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub min_send_bytes: Option<String>,
     /// Minimum sent/read ratio to alert.
-    #[arg(long, value_name = "RATIO")]
+    #[arg(long, value_name = "RATIO", allow_hyphen_values = true)]
     pub min_send_ratio: Option<String>,
     /// How often the kernel maps are read, in milliseconds.
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", allow_hyphen_values = true)]
     pub poll_interval_ms: Option<String>,
     /// Distinct `comm` label values before the rest fold into "other".
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_comm_labels: Option<String>,
     /// Processes the kernel maps can hold at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_processes: Option<String>,
 }
 

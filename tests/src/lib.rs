@@ -1,1 +1,39 @@
+//! Harness for the integration tests: start the real agent (real programs in
+//! the running kernel), run workloads that know their own byte counts, and
+//! compare with what the agent exports.
+//!
+//! Every test needs root (BPF, network namespaces); nothing is skipped: a
+//! program that does not load or attach fails the test with the reason.
 
+pub mod agent;
+pub mod netns;
+pub mod scrape;
+pub mod workload;
+
+use std::path::PathBuf;
+
+/// The `target/<profile>` directory the test binaries were built into.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test>: two levels up.
+    exe.parent().and_then(|p| p.parent()).map(PathBuf::from).expect("target dir")
+}
+
+/// The `sensor` binary under test (`SENSOR_BIN`, else next to the tests).
+pub fn sensor_bin() -> PathBuf {
+    let path = std::env::var_os("SENSOR_BIN").map(PathBuf::from).unwrap_or_else(|| target_dir().join("sensor"));
+    assert!(path.exists(), "{} not built: run `cargo xtask test` (or `cargo build -p sensor`)", path.display());
+    path
+}
+
+/// Asserts `actual` is within `pct` percent of `expected` (which comes from
+/// the workload, never from the sensor).
+#[track_caller]
+pub fn assert_within(what: &str, actual: u64, expected: u64, pct: f64) {
+    let err = (actual as f64 - expected as f64).abs() / (expected.max(1) as f64) * 100.0;
+    assert!(
+        err <= pct,
+        "{what}: sensor counted {actual}, workload moved {expected} ({err:.3}% off, limit {pct}%)"
+    );
+    eprintln!("{what}: counted {actual} vs ground truth {expected} ({err:.4}% off)");
+}

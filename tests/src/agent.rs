@@ -1,0 +1,114 @@
+//! A running `sensor run`, stopped (SIGTERM) or killed on drop.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::scrape::{scrape, Metrics};
+
+pub struct Agent {
+    child: Child,
+    pub metrics_url: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts the agent on a free loopback port and waits until it says
+    /// `ready` (programs attached, metrics served). Panics with its stderr
+    /// if it exits or does not get ready in time.
+    pub fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(crate::sensor_bin())
+            .arg("run")
+            .args(["--metrics-addr", "127.0.0.1:0", "--poll-interval-ms", "200"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sensor");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("metrics=").nth(1).filter(|_| line.contains("ready")) {
+                    let _ = tx.send(url.split_whitespace().next().unwrap_or("").to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
+                return Agent { child, metrics_url: url, stderr };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("sensor run exited with {status} before ready:\n{}", stderr.lock().unwrap().join("\n"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sensor run not ready within 60 s:\n{}", stderr.lock().unwrap().join("\n"));
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        scrape(&self.metrics_url).unwrap_or_else(|e| panic!("scraping {}: {e}\n{}", self.metrics_url, self.stderr()))
+    }
+
+    /// Polls `/metrics` until `done` holds (the agent polls the kernel maps
+    /// every 200 ms here); panics with the last scrape after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.metrics();
+            if done(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last scrape:\n{}", m.text);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then wait for exit.
+    pub fn stop(mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sensor did not exit within 30 s of SIGTERM:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! A "remote" host: a network namespace joined to this one by a veth pair,
+//! addressed from the benchmarking ranges (198.18.0.0/15, 2001:2::/48).
+//! Deleted on drop, also when the test panics.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::Command,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Once,
+    },
+};
+
+const PREFIX: &str = "sensor-t";
+
+pub struct Peer {
+    pub ns: String,
+    /// This host's end.
+    pub host_ip: Ipv4Addr,
+    /// The peer's IPv4 address, 198.18.N.2.
+    pub ip: Ipv4Addr,
+    /// The peer's IPv6 address, 2001:2:0:N::2.
+    pub ip6: Ipv6Addr,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    anyhow::ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// Removes namespaces left by test processes that no longer exist.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+impl Peer {
+    /// A peer on subnet `198.18.<subnet>.0/24`; each test uses its own subnet.
+    pub fn new(subnet: u8) -> Peer {
+        static CLEAN: Once = Once::new();
+        static N: AtomicU32 = AtomicU32::new(0);
+        CLEAN.call_once(remove_stale);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let ns = format!("{PREFIX}{pid}-{n}");
+        let host_if = format!("sv{}x{n}", pid % 100_000);
+        let peer_if = format!("{host_if}p");
+        let host_ip = Ipv4Addr::new(198, 18, subnet, 1);
+        let peer_ip = Ipv4Addr::new(198, 18, subnet, 2);
+        let host_ip6 = format!("2001:2:0:{subnet}::1");
+        let peer_ip6: Ipv6Addr = format!("2001:2:0:{subnet}::2").parse().expect("ipv6");
+        let peer = Peer { ns: ns.clone(), host_ip, ip: peer_ip, ip6: peer_ip6 };
+        // From here on, drop deletes the namespace (and the veth pair with it).
+        let setup = || -> anyhow::Result<()> {
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if])?;
+            ip(&["link", "set", &peer_if, "netns", &ns])?;
+            ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if])?;
+            ip(&["-6", "addr", "add", &format!("{host_ip6}/64"), "dev", &host_if, "nodad"])?;
+            ip(&["link", "set", &host_if, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{peer_ip}/24"), "dev", &peer_if])?;
+            ip(&["-n", &ns, "-6", "addr", "add", &format!("{peer_ip6}/64"), "dev", &peer_if, "nodad"])?;
+            ip(&["-n", &ns, "link", "set", &peer_if, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            let _ = ip(&["link", "del", &host_if]);
+            panic!("creating network namespace {ns}: {e:#}");
+        }
+        peer
+    }
+
+    /// A command run inside the peer's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        if v6 { self.ip6.into() } else { self.ip.into() }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the peer end, and so the pair.
+        let _ = ip(&["netns", "del", &self.ns]);
+    }
+}

@@ -1,0 +1,77 @@
+//! Runs `sensor-workload` under a chosen command name (through a symlink:
+//! the kernel takes `comm` from the executed file's name), and reads back the
+//! byte counts it reports.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+};
+
+fn links_dir() -> &'static tempfile::TempDir {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::Builder::new().prefix("sensor-wl").tempdir().expect("tempdir"))
+}
+
+/// The workload binary as `comm` (at most 15 characters, unique per test).
+pub fn program(comm: &str) -> PathBuf {
+    assert!(comm.len() <= 15, "comm {comm} longer than 15 characters");
+    let target = crate::target_dir().join("sensor-workload");
+    assert!(target.exists(), "{} not built", target.display());
+    let link = links_dir().path().join(comm);
+    if !link.exists() {
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    }
+    link
+}
+
+/// Runs a workload to completion and returns the number it reports under `key`.
+pub fn run(comm: &str, args: &[&str], key: &str) -> u64 {
+    let out = Command::new(program(comm)).args(args).output().expect("spawn workload");
+    assert!(out.status.success(), "workload {comm} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    parse(&String::from_utf8_lossy(&out.stdout), key)
+}
+
+fn parse(stdout: &str, key: &str) -> u64 {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get(key).and_then(serde_json::Value::as_u64))
+        .unwrap_or_else(|| panic!("workload printed no {key}: {stdout}"))
+}
+
+/// A sink (server) started in the background; `finish` waits for its count.
+pub struct Sink {
+    child: Child,
+    reader: BufReader<std::process::ChildStdout>,
+}
+
+impl Sink {
+    /// Starts `cmd` (a `tcp-sink`/`udp-sink`) and waits for it to listen.
+    pub fn start(mut cmd: Command) -> Sink {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn sink");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("sink output");
+        assert!(line.starts_with("listening"), "sink did not start: {line:?}");
+        Sink { child, reader }
+    }
+
+    pub fn finish(mut self) -> u64 {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.reader, &mut rest);
+        let status = self.child.wait().expect("wait sink");
+        assert!(status.success(), "sink failed: {status}");
+        parse(&rest, "received_bytes")
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
