@@ -5,6 +5,10 @@ use aya_build::{Package, Toolchain};
 /// it for lint-only builds.
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../sensor-ebpf");
-    let package = Package { name: "sensor-ebpf", root_dir: root, ..Default::default() };
+    let package = Package {
+        name: "sensor-ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
     aya_build::build_ebpf([package], Toolchain::default())
 }

@@ -4,8 +4,8 @@
 mod arch;
 mod counters;
 mod kernel;
-mod proc;
 mod probes;
+mod proc;
 mod watch;
 
 #[cfg(not(test))]

@@ -39,7 +39,10 @@ pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, u32> {
     }
     // First sight: a zeroed entry (NOEXIST: another CPU may have raced us),
     // then the identity user space labels it with.
-    if PROC_STATS.insert(tgid, ProcCounters::default(), BPF_NOEXIST as u64).is_ok() {
+    if PROC_STATS
+        .insert(tgid, ProcCounters::default(), BPF_NOEXIST as u64)
+        .is_ok()
+    {
         record_identity(tgid);
     }
     PROC_STATS.get_ptr_mut(tgid).ok_or(counter::PROC_MAP_FULL)

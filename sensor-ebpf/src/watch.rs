@@ -8,9 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-use sensor_common::{
-    maps, ExtKey, InodeKey, RuntimeConfig, WatchCacheEntry, EXT_LEN, WATCH_ALL,
-};
+use sensor_common::{maps, ExtKey, InodeKey, RuntimeConfig, WatchCacheEntry, EXT_LEN, WATCH_ALL};
 
 use crate::kernel::{off, read, read_ptr};
 
@@ -44,7 +42,10 @@ pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, u32> {
         }
     }
     let watched = decide(file, key, rt.any_ext_mask)?;
-    let entry = WatchCacheEntry { generation, watched: watched as u32 };
+    let entry = WatchCacheEntry {
+        generation,
+        watched: watched as u32,
+    };
     // A full LRU evicts the oldest decision; nothing is lost but time.
     let _ = WATCH_CACHE.insert(key, entry, 0);
     Ok(watched)
@@ -60,10 +61,14 @@ fn decide(file: *const u8, key: &InodeKey, any_ext_mask: u64) -> Result<bool, u3
     // The file itself, then its ancestors up to the root of its file system
     // (a mount point's inode is the root of the file system mounted there).
     let mut d = dentry;
-    let mut probe = InodeKey { dev: key.dev, _pad: 0, ino: key.ino };
+    let mut probe = InodeKey {
+        dev: key.dev,
+        _pad: 0,
+        ino: key.ino,
+    };
     for _ in 0..MAX_DEPTH {
         // SAFETY: a plain value copied out at once.
-        if let Some(mask) = unsafe { WATCH_INODES.get(&probe) } {
+        if let Some(mask) = unsafe { WATCH_INODES.get(probe) } {
             if *mask == WATCH_ALL || *mask & ext != 0 {
                 return Ok(true);
             }
@@ -117,5 +122,5 @@ fn extension_bit(dentry: *const u8) -> Result<u64, u32> {
         }
     }
     // SAFETY: a plain value copied out at once.
-    Ok(unsafe { WATCH_EXTS.get(&key) }.copied().unwrap_or(0))
+    Ok(unsafe { WATCH_EXTS.get(key) }.copied().unwrap_or(0))
 }

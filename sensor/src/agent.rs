@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, signal::unix::{signal, SignalKind}};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -45,7 +48,12 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-    let mut sensor = Sensor::load(&watch, Capacity { processes: cfg.max_processes })?;
+    let mut sensor = Sensor::load(
+        &watch,
+        Capacity {
+            processes: cfg.max_processes,
+        },
+    )?;
     let kernel = sysinfo::kernel_release();
     let mut metrics = Metrics::new(cfg.max_comm_labels, &kernel).context("creating metrics")?;
     for p in &sensor.probes {
@@ -53,7 +61,11 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     }
 
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(http::serve(listener, metrics.registry.clone(), shutdown.clone()));
+    let server = tokio::spawn(http::serve(
+        listener,
+        metrics.registry.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(
         metrics = %format!("http://{metrics_addr}/metrics"),
         watch = %watch.describe(),
@@ -71,14 +83,26 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
-        poll_once(&mut sensor, &mut collector, &mut metrics, &mut containers, &classifier)?;
+        poll_once(
+            &mut sensor,
+            &mut collector,
+            &mut metrics,
+            &mut containers,
+            &classifier,
+        )?;
         if last_refresh.elapsed() >= WATCH_REFRESH {
             sensor.bump_generation()?;
             last_refresh = Instant::now();
         }
     }
     // Count what moved since the last tick, then detach.
-    poll_once(&mut sensor, &mut collector, &mut metrics, &mut containers, &classifier)?;
+    poll_once(
+        &mut sensor,
+        &mut collector,
+        &mut metrics,
+        &mut containers,
+        &classifier,
+    )?;
     shutdown.cancel();
     drop(sensor);
     tracing::info!("programs detached, exiting");

@@ -16,7 +16,11 @@ struct Row {
 }
 
 fn row(item: impl Into<String>, ok: bool, detail: impl Into<String>) -> Row {
-    Row { item: item.into(), status: if ok { "ok" } else { "FAIL" }, detail: detail.into() }
+    Row {
+        item: item.into(),
+        status: if ok { "ok" } else { "FAIL" },
+        detail: detail.into(),
+    }
 }
 
 pub fn main(args: CheckArgs) -> Result<(), Failure> {
@@ -26,7 +30,8 @@ pub fn main(args: CheckArgs) -> Result<(), Failure> {
 
     let caps = sysinfo::effective_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;
-    let bpf_ok = has(sysinfo::CAP_SYS_ADMIN) || (has(sysinfo::CAP_BPF) && has(sysinfo::CAP_PERFMON));
+    let bpf_ok =
+        has(sysinfo::CAP_SYS_ADMIN) || (has(sysinfo::CAP_BPF) && has(sysinfo::CAP_PERFMON));
     rows.push(row(
         "privileges",
         bpf_ok,
@@ -59,7 +64,11 @@ pub fn main(args: CheckArgs) -> Result<(), Failure> {
                     if p.spec.required && p.result.is_err() {
                         ready = false;
                     }
-                    rows.push(row(format!("program {}", p.spec.program), p.result.is_ok(), detail));
+                    rows.push(row(
+                        format!("program {}", p.spec.program),
+                        p.result.is_ok(),
+                        detail,
+                    ));
                 }
             }
             Err(e) => {
@@ -77,11 +86,20 @@ pub fn main(args: CheckArgs) -> Result<(), Failure> {
         for r in &rows {
             println!("{:<width$}  {:<4}  {}", r.item, r.status, r.detail);
         }
-        println!("{}", if ready { "ready: sensor run can start here" } else { "NOT READY: sensor run cannot start here" });
+        println!(
+            "{}",
+            if ready {
+                "ready: sensor run can start here"
+            } else {
+                "NOT READY: sensor run cannot start here"
+            }
+        );
     }
     if ready {
         Ok(())
     } else {
-        Err(Failure::Runtime(anyhow::anyhow!("preflight failed (see the table above)")))
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "preflight failed (see the table above)"
+        )))
     }
 }

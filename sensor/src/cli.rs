@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and attach the programs, serve metrics, run until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Preflight: kernel, BTF, privileges, and whether each program attaches.
     Check(CheckArgs),
 }

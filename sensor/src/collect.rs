@@ -5,7 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sensor_common::{counter, FileKey, InodeKey, ProcCounters, ProcInfo, SendCounters, SendKey, PROC_EXITED};
+use sensor_common::{
+    counter, FileKey, InodeKey, ProcCounters, ProcInfo, SendCounters, SendKey, PROC_EXITED,
+};
 
 use crate::destination::Endpoint;
 
@@ -42,7 +44,14 @@ impl Identity {
                 cgroup_id: i.cgroup_id,
                 comm: comm_string(&i.comm),
             },
-            None => Identity { tgid, ppid: 0, sid: 0, uid: 0, cgroup_id: 0, comm: "?".into() },
+            None => Identity {
+                tgid,
+                ppid: 0,
+                sid: 0,
+                uid: 0,
+                cgroup_id: 0,
+                comm: "?".into(),
+            },
         }
     }
 }
@@ -125,7 +134,9 @@ impl Collector {
             let delta = ProcDelta {
                 tgid,
                 read_bytes: now.read_bytes.saturating_sub(before.read_bytes),
-                watched_read_bytes: now.watched_read_bytes.saturating_sub(before.watched_read_bytes),
+                watched_read_bytes: now
+                    .watched_read_bytes
+                    .saturating_sub(before.watched_read_bytes),
                 sent_bytes: now.sent_bytes.saturating_sub(before.sent_bytes),
                 total: now,
                 exited,
@@ -138,7 +149,8 @@ impl Collector {
                 poll.tracked += 1;
             }
             if exited || delta.read_bytes + delta.sent_bytes > 0 {
-                poll.identities.insert(tgid, Identity::from_info(tgid, info));
+                poll.identities
+                    .insert(tgid, Identity::from_info(tgid, info));
                 poll.procs.push(delta);
             }
         }
@@ -154,7 +166,11 @@ impl Collector {
             let bytes = now.bytes.saturating_sub(before);
             if bytes > 0 {
                 if let Some(endpoint) = Endpoint::from_kernel(key.family, key.addr, key.port) {
-                    poll.sends.push(SendDelta { tgid: key.tgid, endpoint, bytes });
+                    poll.sends.push(SendDelta {
+                        tgid: key.tgid,
+                        endpoint,
+                        bytes,
+                    });
                 }
             }
             if gone.contains(&key.tgid) {
@@ -168,8 +184,16 @@ impl Collector {
             let before = self.last_file.get(&key).copied().unwrap_or(0);
             let bytes = now.saturating_sub(before);
             if bytes > 0 {
-                let inode = InodeKey { dev: key.dev, _pad: 0, ino: key.ino };
-                poll.files.push(FileDelta { tgid: key.tgid, inode, bytes });
+                let inode = InodeKey {
+                    dev: key.dev,
+                    _pad: 0,
+                    ino: key.ino,
+                };
+                poll.files.push(FileDelta {
+                    tgid: key.tgid,
+                    inode,
+                    bytes,
+                });
             }
             if gone.contains(&key.tgid) {
                 self.last_file.remove(&key);
@@ -197,24 +221,53 @@ mod tests {
     fn info(tgid: u32, comm: &str, flags: u32) -> (u32, ProcInfo) {
         let mut c = [0u8; 16];
         c[..comm.len()].copy_from_slice(comm.as_bytes());
-        (tgid, ProcInfo { tgid, ppid: 1, sid: 7, uid: 0, comm: c, flags, ..Default::default() })
+        (
+            tgid,
+            ProcInfo {
+                tgid,
+                ppid: 1,
+                sid: 7,
+                uid: 0,
+                comm: c,
+                flags,
+                ..Default::default()
+            },
+        )
     }
 
     fn counters(read: u64, watched: u64, sent: u64) -> ProcCounters {
-        ProcCounters { read_bytes: read, watched_read_bytes: watched, sent_bytes: sent, ..Default::default() }
+        ProcCounters {
+            read_bytes: read,
+            watched_read_bytes: watched,
+            sent_bytes: sent,
+            ..Default::default()
+        }
     }
 
     fn send(tgid: u32, bytes: u64) -> (SendKey, SendCounters) {
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&[198, 18, 0, 2]);
-        (SendKey { tgid, family: AF_INET, port: 443, addr }, SendCounters { bytes, ops: 1 })
+        (
+            SendKey {
+                tgid,
+                family: AF_INET,
+                port: 443,
+                addr,
+            },
+            SendCounters { bytes, ops: 1 },
+        )
     }
 
     #[test]
     fn deltas_between_polls() {
         let mut c = Collector::default();
         let p = c.ingest(
-            Snapshot { counters: vec![(10, counters(100, 60, 5))], infos: vec![info(10, "python3", 0)], sends: vec![send(10, 5)], ..Default::default() },
+            Snapshot {
+                counters: vec![(10, counters(100, 60, 5))],
+                infos: vec![info(10, "python3", 0)],
+                sends: vec![send(10, 5)],
+                ..Default::default()
+            },
             |_| true,
         );
         assert_eq!(p.procs[0].read_bytes, 100);
@@ -223,14 +276,30 @@ mod tests {
         assert_eq!(p.sends[0].bytes, 5);
         assert_eq!(p.tracked, 1);
         let p = c.ingest(
-            Snapshot { counters: vec![(10, counters(150, 60, 5))], infos: vec![info(10, "python3", 0)], sends: vec![send(10, 5)], ..Default::default() },
+            Snapshot {
+                counters: vec![(10, counters(150, 60, 5))],
+                infos: vec![info(10, "python3", 0)],
+                sends: vec![send(10, 5)],
+                ..Default::default()
+            },
             |_| true,
         );
         assert_eq!(p.procs.len(), 1);
-        assert_eq!((p.procs[0].read_bytes, p.procs[0].watched_read_bytes, p.procs[0].sent_bytes), (50, 0, 0));
+        assert_eq!(
+            (
+                p.procs[0].read_bytes,
+                p.procs[0].watched_read_bytes,
+                p.procs[0].sent_bytes
+            ),
+            (50, 0, 0)
+        );
         assert!(p.sends.is_empty(), "no new send bytes");
         let p = c.ingest(
-            Snapshot { counters: vec![(10, counters(150, 60, 5))], infos: vec![info(10, "python3", 0)], ..Default::default() },
+            Snapshot {
+                counters: vec![(10, counters(150, 60, 5))],
+                infos: vec![info(10, "python3", 0)],
+                ..Default::default()
+            },
             |_| true,
         );
         assert!(p.procs.is_empty(), "idle processes are not reported");
@@ -240,10 +309,29 @@ mod tests {
     #[test]
     fn exited_processes_report_last_bytes_then_are_forgotten() {
         let mut c = Collector::default();
-        c.ingest(Snapshot { counters: vec![(10, counters(100, 0, 0))], infos: vec![info(10, "dd", 0)], ..Default::default() }, |_| true);
-        let file = (FileKey { tgid: 10, dev: 1, ino: 2 }, 40);
+        c.ingest(
+            Snapshot {
+                counters: vec![(10, counters(100, 0, 0))],
+                infos: vec![info(10, "dd", 0)],
+                ..Default::default()
+            },
+            |_| true,
+        );
+        let file = (
+            FileKey {
+                tgid: 10,
+                dev: 1,
+                ino: 2,
+            },
+            40,
+        );
         let p = c.ingest(
-            Snapshot { counters: vec![(10, counters(140, 40, 0))], infos: vec![info(10, "dd", PROC_EXITED)], files: vec![file], ..Default::default() },
+            Snapshot {
+                counters: vec![(10, counters(140, 40, 0))],
+                infos: vec![info(10, "dd", PROC_EXITED)],
+                files: vec![file],
+                ..Default::default()
+            },
             |_| true,
         );
         assert_eq!(p.procs[0].read_bytes, 40);
@@ -253,14 +341,27 @@ mod tests {
         assert_eq!(p.files[0].bytes, 40);
         assert_eq!(p.tracked, 0);
         // A new process reusing the pid starts from zero.
-        let p = c.ingest(Snapshot { counters: vec![(10, counters(7, 0, 0))], infos: vec![info(10, "cat", 0)], ..Default::default() }, |_| true);
+        let p = c.ingest(
+            Snapshot {
+                counters: vec![(10, counters(7, 0, 0))],
+                infos: vec![info(10, "cat", 0)],
+                ..Default::default()
+            },
+            |_| true,
+        );
         assert_eq!(p.procs[0].read_bytes, 7);
     }
 
     #[test]
     fn unlabelled_processes_use_liveness() {
         let mut c = Collector::default();
-        let p = c.ingest(Snapshot { counters: vec![(99, counters(1, 0, 0))], ..Default::default() }, |_| false);
+        let p = c.ingest(
+            Snapshot {
+                counters: vec![(99, counters(1, 0, 0))],
+                ..Default::default()
+            },
+            |_| false,
+        );
         assert_eq!(p.identities[&99].comm, "?");
         assert_eq!(p.forget_tgids, vec![99]);
     }
@@ -270,9 +371,29 @@ mod tests {
         let mut c = Collector::default();
         let mut lost = [0; counter::COUNT as usize];
         lost[0] = 5;
-        assert_eq!(c.ingest(Snapshot { lost, ..Default::default() }, |_| true).lost[0], 5);
+        assert_eq!(
+            c.ingest(
+                Snapshot {
+                    lost,
+                    ..Default::default()
+                },
+                |_| true
+            )
+            .lost[0],
+            5
+        );
         lost[0] = 7;
-        assert_eq!(c.ingest(Snapshot { lost, ..Default::default() }, |_| true).lost[0], 2);
+        assert_eq!(
+            c.ingest(
+                Snapshot {
+                    lost,
+                    ..Default::default()
+                },
+                |_| true
+            )
+            .lost[0],
+            2
+        );
     }
 
     #[test]

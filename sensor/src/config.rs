@@ -19,7 +19,11 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("invalid {key} '{value}': {reason}")]
-    Invalid { key: &'static str, value: String, reason: String },
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("cannot read config file {path}: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("invalid config file {path}: {reason}")]
@@ -27,7 +31,11 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, value: &str, reason: impl ToString) -> ConfigError {
-    ConfigError::Invalid { key, value: value.to_string(), reason: reason.to_string() }
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Detection thresholds (rule `read_then_send`).
@@ -129,9 +137,16 @@ impl Config {
             flag.clone().or_else(|| key.as_ref().map(Scalar::text))
         };
         let list = |flag: &Vec<String>, key: &Option<Vec<String>>| {
-            if flag.is_empty() { key.clone().unwrap_or_default() } else { flag.clone() }
+            if flag.is_empty() {
+                key.clone().unwrap_or_default()
+            } else {
+                flag.clone()
+            }
         };
-        let mut cfg = Config { watch: list(&args.watch, &file.watch), ..Config::default() };
+        let mut cfg = Config {
+            watch: list(&args.watch, &file.watch),
+            ..Config::default()
+        };
         for w in &cfg.watch {
             if w.trim().is_empty() {
                 return Err(invalid("watch", w, "empty path"));
@@ -153,10 +168,12 @@ impl Config {
             cfg.detect.window = Duration::from_secs(secs);
         }
         if let Some(v) = text(&args.min_read_bytes, &file.min_read_bytes) {
-            cfg.detect.min_read_bytes = parse_size(&v).map_err(|e| invalid("min-read-bytes", &v, e))?;
+            cfg.detect.min_read_bytes =
+                parse_size(&v).map_err(|e| invalid("min-read-bytes", &v, e))?;
         }
         if let Some(v) = text(&args.min_send_bytes, &file.min_send_bytes) {
-            cfg.detect.min_send_bytes = parse_size(&v).map_err(|e| invalid("min-send-bytes", &v, e))?;
+            cfg.detect.min_send_bytes =
+                parse_size(&v).map_err(|e| invalid("min-send-bytes", &v, e))?;
         }
         if let Some(v) = text(&args.min_send_ratio, &file.min_send_ratio) {
             cfg.detect.min_send_ratio = parse_ratio(&v)?;
@@ -176,8 +193,10 @@ impl Config {
 
     fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Unreadable { path: shown.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
@@ -198,7 +217,11 @@ fn parse_addr(text: &str) -> Result<SocketAddr, ConfigError> {
             return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
         }
     }
-    Err(invalid("metrics-addr", text, "expected IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464"))
+    Err(invalid(
+        "metrics-addr",
+        text,
+        "expected IP:PORT, e.g. 127.0.0.1:9464 or [::1]:9464",
+    ))
 }
 
 fn parse_cidr(text: &str) -> Result<IpNet, ConfigError> {
@@ -209,29 +232,47 @@ fn parse_cidr(text: &str) -> Result<IpNet, ConfigError> {
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    Err(invalid("trusted-cidr", text, "expected a network such as 10.0.0.0/8 or fd00::/8"))
+    Err(invalid(
+        "trusted-cidr",
+        text,
+        "expected a network such as 10.0.0.0/8 or fd00::/8",
+    ))
 }
 
 fn parse_url(text: &str) -> Result<String, ConfigError> {
     let t = text.trim().trim_end_matches('/');
-    let rest = t.strip_prefix("http://").or_else(|| t.strip_prefix("https://"));
+    let rest = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"));
     match rest {
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(t.to_string()),
-        _ => Err(invalid("alertmanager-url", text, "expected http://HOST:PORT or https://HOST:PORT")),
+        _ => Err(invalid(
+            "alertmanager-url",
+            text,
+            "expected http://HOST:PORT or https://HOST:PORT",
+        )),
     }
 }
 
 fn parse_ratio(text: &str) -> Result<f64, ConfigError> {
     match text.trim().parse::<f64>() {
         Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
-        _ => Err(invalid("min-send-ratio", text, "expected a number >= 0, e.g. 0.5")),
+        _ => Err(invalid(
+            "min-send-ratio",
+            text,
+            "expected a number >= 0, e.g. 0.5",
+        )),
     }
 }
 
 fn parse_count(key: &'static str, text: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
     match text.trim().parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(invalid(key, text, format!("expected a whole number from {min} to {max}"))),
+        _ => Err(invalid(
+            key,
+            text,
+            format!("expected a whole number from {min} to {max}"),
+        )),
     }
 }
 
@@ -269,12 +310,22 @@ mod tests {
              min-read-bytes: 1GiB\nmin-send-bytes: 1048576\nmin-send-ratio: 0.25\n\
              poll-interval-ms: 250\nmax-comm-labels: 10\nmax-processes: 1024\n",
         );
-        let cfg = Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }).unwrap();
+        let cfg = Config::from_args(&RunArgs {
+            config: Some(f.path().into()),
+            ..args()
+        })
+        .unwrap();
         assert_eq!(cfg.watch, vec!["/models", "*.gguf"]);
         assert_eq!(cfg.metrics_addr.to_string(), "0.0.0.0:9000");
-        assert_eq!(cfg.trusted_cidr, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            cfg.trusted_cidr,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(cfg.alerts_file, Some(PathBuf::from("/tmp/a.jsonl")));
-        assert_eq!(cfg.alertmanager_url.as_deref(), Some("http://127.0.0.1:9093"));
+        assert_eq!(
+            cfg.alertmanager_url.as_deref(),
+            Some("http://127.0.0.1:9093")
+        );
         assert_eq!(cfg.detect.window, Duration::from_secs(60));
         assert_eq!(cfg.detect.min_read_bytes, 1 << 30);
         assert_eq!(cfg.detect.min_send_bytes, 1 << 20);
@@ -302,12 +353,54 @@ mod tests {
     #[test]
     fn bad_values_name_key_and_value() {
         let cases: Vec<(RunArgs, &str, &str)> = vec![
-            (RunArgs { trusted_cidr: vec!["10.0.0.0/33".into()], ..args() }, "trusted-cidr", "10.0.0.0/33"),
-            (RunArgs { metrics_addr: Some("nowhere".into()), ..args() }, "metrics-addr", "nowhere"),
-            (RunArgs { min_read_bytes: Some("12XB".into()), ..args() }, "min-read-bytes", "12XB"),
-            (RunArgs { min_send_ratio: Some("-1".into()), ..args() }, "min-send-ratio", "-1"),
-            (RunArgs { window: Some("0".into()), ..args() }, "window", "0"),
-            (RunArgs { alertmanager_url: Some("ftp://x".into()), ..args() }, "alertmanager-url", "ftp://x"),
+            (
+                RunArgs {
+                    trusted_cidr: vec!["10.0.0.0/33".into()],
+                    ..args()
+                },
+                "trusted-cidr",
+                "10.0.0.0/33",
+            ),
+            (
+                RunArgs {
+                    metrics_addr: Some("nowhere".into()),
+                    ..args()
+                },
+                "metrics-addr",
+                "nowhere",
+            ),
+            (
+                RunArgs {
+                    min_read_bytes: Some("12XB".into()),
+                    ..args()
+                },
+                "min-read-bytes",
+                "12XB",
+            ),
+            (
+                RunArgs {
+                    min_send_ratio: Some("-1".into()),
+                    ..args()
+                },
+                "min-send-ratio",
+                "-1",
+            ),
+            (
+                RunArgs {
+                    window: Some("0".into()),
+                    ..args()
+                },
+                "window",
+                "0",
+            ),
+            (
+                RunArgs {
+                    alertmanager_url: Some("ftp://x".into()),
+                    ..args()
+                },
+                "alertmanager-url",
+                "ftp://x",
+            ),
         ];
         for (a, key, value) in cases {
             let msg = Config::from_args(&a).unwrap_err().to_string();
@@ -318,24 +411,47 @@ mod tests {
 
     #[test]
     fn bad_files() {
-        let missing = Config::from_args(&RunArgs { config: Some("/nonexistent.yaml".into()), ..args() });
+        let missing = Config::from_args(&RunArgs {
+            config: Some("/nonexistent.yaml".into()),
+            ..args()
+        });
         assert!(matches!(missing, Err(ConfigError::Unreadable { .. })));
         let f = yaml("no-such-key: 1\n");
-        let err = Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }).unwrap_err();
+        let err = Config::from_args(&RunArgs {
+            config: Some(f.path().into()),
+            ..args()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("no-such-key"), "{err}");
         let f = yaml("min-read-bytes: lots\n");
-        let err = Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }).unwrap_err();
-        assert_eq!(err, invalid("min-read-bytes", "lots", parse_size("lots").unwrap_err()));
+        let err = Config::from_args(&RunArgs {
+            config: Some(f.path().into()),
+            ..args()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            invalid("min-read-bytes", "lots", parse_size("lots").unwrap_err())
+        );
         let f = yaml("watch: [\n");
         assert!(matches!(
-            Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }),
+            Config::from_args(&RunArgs {
+                config: Some(f.path().into()),
+                ..args()
+            }),
             Err(ConfigError::Syntax { .. })
         ));
     }
 
     #[test]
     fn plain_ip_is_a_host_network() {
-        assert_eq!(parse_cidr("198.18.0.5").unwrap().to_string(), "198.18.0.5/32");
-        assert_eq!(parse_cidr("198.18.0.5/24").unwrap().to_string(), "198.18.0.0/24");
+        assert_eq!(
+            parse_cidr("198.18.0.5").unwrap().to_string(),
+            "198.18.0.5/32"
+        );
+        assert_eq!(
+            parse_cidr("198.18.0.5/24").unwrap().to_string(),
+            "198.18.0.0/24"
+        );
     }
 }

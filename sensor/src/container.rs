@@ -24,7 +24,10 @@ pub struct Attribution {
 pub fn parse_cgroup_path(path: &str) -> Attribution {
     let mut out = Attribution::default();
     for part in path.split('/').filter(|p| !p.is_empty()) {
-        let stem = part.strip_suffix(".scope").or_else(|| part.strip_suffix(".slice")).unwrap_or(part);
+        let stem = part
+            .strip_suffix(".scope")
+            .or_else(|| part.strip_suffix(".slice"))
+            .unwrap_or(part);
         if let Some(uid) = pod_uid(stem) {
             out.pod_uid = uid;
             continue;
@@ -41,13 +44,17 @@ fn pod_uid(stem: &str) -> Option<String> {
     let at = stem.rfind("pod")?;
     let uid = &stem[at + 3..];
     let looks_like_uid = uid.len() == 36
-        && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-' || c == '_')
+        && uid
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == '-' || c == '_')
         && (at == 0 || stem[..at].ends_with('-'));
     looks_like_uid.then(|| uid.replace('_', "-"))
 }
 
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// Maps cgroup ids to attributions, rescanning cgroupfs on a miss (at most
@@ -61,14 +68,21 @@ pub struct CgroupResolver {
 
 impl CgroupResolver {
     pub fn new() -> Self {
-        Self { root: cgroup2_mount(), by_id: HashMap::new(), last_scan: None, rescan_every: Duration::from_secs(5) }
+        Self {
+            root: cgroup2_mount(),
+            by_id: HashMap::new(),
+            last_scan: None,
+            rescan_every: Duration::from_secs(5),
+        }
     }
 
     pub fn attribution(&mut self, cgroup_id: u64) -> Attribution {
         if let Some(a) = self.by_id.get(&cgroup_id) {
             return a.clone();
         }
-        let due = self.last_scan.is_none_or(|t| t.elapsed() >= self.rescan_every);
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.rescan_every);
         if due {
             self.scan();
         }
@@ -77,15 +91,30 @@ impl CgroupResolver {
 
     fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
-        let Some(root) = self.root.clone() else { return };
+        let Some(root) = self.root.clone() else {
+            return;
+        };
         let mut by_id = HashMap::new();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&dir) else { continue };
-            let rel = dir.strip_prefix(&root).map(Path::to_path_buf).unwrap_or_default();
-            by_id.insert(meta.ino(), parse_cgroup_path(&format!("/{}", rel.display())));
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = dir
+                .strip_prefix(&root)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            by_id.insert(
+                meta.ino(),
+                parse_cgroup_path(&format!("/{}", rel.display())),
+            );
             if let Ok(entries) = std::fs::read_dir(&dir) {
-                stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
             }
         }
         self.by_id = by_id;
@@ -150,11 +179,19 @@ mod tests {
 
     #[test]
     fn host_processes_have_none() {
-        for path in ["/", "/user.slice/user-0.slice/session-3.scope", "/system.slice/ssh.service", "/init.scope"] {
+        for path in [
+            "/",
+            "/user.slice/user-0.slice/session-3.scope",
+            "/system.slice/ssh.service",
+            "/init.scope",
+        ] {
             assert_eq!(parse_cgroup_path(path), Attribution::default(), "{path}");
         }
         // conmon (CRI-O's monitor) is not the container.
-        assert_eq!(parse_cgroup_path(&format!("/system.slice/crio-conmon-{ID}.scope")).container, "");
+        assert_eq!(
+            parse_cgroup_path(&format!("/system.slice/crio-conmon-{ID}.scope")).container,
+            ""
+        );
     }
 
     #[test]

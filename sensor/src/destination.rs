@@ -43,7 +43,11 @@ impl Endpoint {
             AF_UNIX => Some(Self::Unix),
             AF_INET => {
                 let ip = Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
-                Some(if ip.is_unspecified() { Self::Unknown } else { Self::Ip(ip.into(), port) })
+                Some(if ip.is_unspecified() {
+                    Self::Unknown
+                } else {
+                    Self::Ip(ip.into(), port)
+                })
             }
             AF_INET6 => {
                 let ip = Ipv6Addr::from(addr);
@@ -106,25 +110,49 @@ mod tests {
     }
 
     fn classifier() -> Classifier {
-        Classifier::new(vec!["198.18.1.0/24".parse().unwrap(), "fd00::/8".parse().unwrap()])
+        Classifier::new(vec![
+            "198.18.1.0/24".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ])
     }
 
     #[test]
     fn classifies_each_kind() {
         let c = classifier();
         let e = |fam, addr| Endpoint::from_kernel(fam, addr, 443).unwrap();
-        assert_eq!(c.classify(&e(AF_INET, v4([127, 0, 0, 1]))), DestClass::Loopback);
-        assert_eq!(c.classify(&e(AF_INET, v4([127, 9, 9, 9]))), DestClass::Loopback);
-        assert_eq!(c.classify(&e(AF_INET, v4([198, 18, 1, 7]))), DestClass::Trusted);
-        assert_eq!(c.classify(&e(AF_INET, v4([198, 18, 0, 2]))), DestClass::Untrusted);
-        assert_eq!(c.classify(&e(AF_INET, v4([0, 0, 0, 0]))), DestClass::Untrusted);
+        assert_eq!(
+            c.classify(&e(AF_INET, v4([127, 0, 0, 1]))),
+            DestClass::Loopback
+        );
+        assert_eq!(
+            c.classify(&e(AF_INET, v4([127, 9, 9, 9]))),
+            DestClass::Loopback
+        );
+        assert_eq!(
+            c.classify(&e(AF_INET, v4([198, 18, 1, 7]))),
+            DestClass::Trusted
+        );
+        assert_eq!(
+            c.classify(&e(AF_INET, v4([198, 18, 0, 2]))),
+            DestClass::Untrusted
+        );
+        assert_eq!(
+            c.classify(&e(AF_INET, v4([0, 0, 0, 0]))),
+            DestClass::Untrusted
+        );
         assert_eq!(c.classify(&e(AF_UNIX, [0; 16])), DestClass::Local);
         let v6_loop = Ipv6Addr::LOCALHOST.octets();
         assert_eq!(c.classify(&e(AF_INET6, v6_loop)), DestClass::Loopback);
         let v6_trusted: Ipv6Addr = "fd00::5".parse().unwrap();
-        assert_eq!(c.classify(&e(AF_INET6, v6_trusted.octets())), DestClass::Trusted);
+        assert_eq!(
+            c.classify(&e(AF_INET6, v6_trusted.octets())),
+            DestClass::Trusted
+        );
         let v6_other: Ipv6Addr = "2001:db8::1".parse().unwrap();
-        assert_eq!(c.classify(&e(AF_INET6, v6_other.octets())), DestClass::Untrusted);
+        assert_eq!(
+            c.classify(&e(AF_INET6, v6_other.octets())),
+            DestClass::Untrusted
+        );
     }
 
     #[test]

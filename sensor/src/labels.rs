@@ -14,7 +14,10 @@ pub struct LabelFolder {
 
 impl LabelFolder {
     pub fn new(cap: usize) -> Self {
-        Self { cap, seen: HashSet::new() }
+        Self {
+            cap,
+            seen: HashSet::new(),
+        }
     }
 
     pub fn fold<'a>(&mut self, value: &'a str) -> &'a str {

@@ -35,15 +35,30 @@ pub struct ProbeSpec {
 }
 
 pub const PROBES: [ProbeSpec; 4] = [
-    ProbeSpec { program: programs::FILE_SYS_EXIT, hook: "sys_exit", capability: "file_read", required: true },
+    ProbeSpec {
+        program: programs::FILE_SYS_EXIT,
+        hook: "sys_exit",
+        capability: "file_read",
+        required: true,
+    },
     ProbeSpec {
         program: programs::NET_SOCK_SEND_LENGTH,
         hook: "sock_send_length",
         capability: "socket_send",
         required: true,
     },
-    ProbeSpec { program: programs::PROCESS_EXIT, hook: "sched_process_exit", capability: "process_exit", required: true },
-    ProbeSpec { program: programs::PROCESS_EXEC, hook: "sched_process_exec", capability: "process_exec", required: false },
+    ProbeSpec {
+        program: programs::PROCESS_EXIT,
+        hook: "sched_process_exit",
+        capability: "process_exit",
+        required: true,
+    },
+    ProbeSpec {
+        program: programs::PROCESS_EXEC,
+        hook: "sched_process_exec",
+        capability: "process_exec",
+        required: false,
+    },
 ];
 
 /// What happened to one program.
@@ -82,7 +97,12 @@ impl Sensor {
                 failed.spec.hook
             ));
         }
-        let mut sensor = Sensor { ebpf, probes, generation: 0, any_ext_mask: watch.any_ext_mask };
+        let mut sensor = Sensor {
+            ebpf,
+            probes,
+            generation: 0,
+            any_ext_mask: watch.any_ext_mask,
+        };
         sensor.bump_generation()?;
         Ok(sensor)
     }
@@ -90,7 +110,9 @@ impl Sensor {
     /// Tries each program on its own (for `sensor check`); never fails as a whole
     /// once the object loads.
     pub fn probe_each() -> anyhow::Result<Vec<ProbeStatus>> {
-        let mut ebpf = open(Capacity { processes: names::DEFAULT_MAX_PROCS })?;
+        let mut ebpf = open(Capacity {
+            processes: names::DEFAULT_MAX_PROCS,
+        })?;
         attach_all(&mut ebpf)
     }
 
@@ -98,14 +120,20 @@ impl Sensor {
     /// watch set changed, or periodically to catch renames).
     pub fn bump_generation(&mut self) -> anyhow::Result<()> {
         self.generation = self.generation.wrapping_add(1).max(1);
-        let mut rt: Array<&mut MapData, RuntimeConfig> = Array::try_from(map_mut(&mut self.ebpf, names::RUNTIME)?)?;
-        let value = RuntimeConfig { generation: self.generation, _pad: 0, any_ext_mask: self.any_ext_mask };
+        let mut rt: Array<&mut MapData, RuntimeConfig> =
+            Array::try_from(map_mut(&mut self.ebpf, names::RUNTIME)?)?;
+        let value = RuntimeConfig {
+            generation: self.generation,
+            _pad: 0,
+            any_ext_mask: self.any_ext_mask,
+        };
         rt.set(0, value, 0).context("writing RUNTIME")?;
         Ok(())
     }
 
     pub fn read_counters(&self) -> anyhow::Result<Vec<(u32, ProcCounters)>> {
-        let map: PerCpuHashMap<&MapData, u32, ProcCounters> = PerCpuHashMap::try_from(map(&self.ebpf, names::PROC_STATS)?)?;
+        let map: PerCpuHashMap<&MapData, u32, ProcCounters> =
+            PerCpuHashMap::try_from(map(&self.ebpf, names::PROC_STATS)?)?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let Ok((tgid, per_cpu)) = entry else { continue };
@@ -124,26 +152,31 @@ impl Sensor {
     }
 
     pub fn read_infos(&self) -> anyhow::Result<Vec<(u32, ProcInfo)>> {
-        let map: HashMap<&MapData, u32, ProcInfo> = HashMap::try_from(map(&self.ebpf, names::PROC_INFO)?)?;
+        let map: HashMap<&MapData, u32, ProcInfo> =
+            HashMap::try_from(map(&self.ebpf, names::PROC_INFO)?)?;
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     pub fn read_sends(&self) -> anyhow::Result<Vec<(SendKey, SendCounters)>> {
-        let map: PerCpuHashMap<&MapData, SendKey, SendCounters> = PerCpuHashMap::try_from(map(&self.ebpf, names::SEND_STATS)?)?;
+        let map: PerCpuHashMap<&MapData, SendKey, SendCounters> =
+            PerCpuHashMap::try_from(map(&self.ebpf, names::SEND_STATS)?)?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let Ok((key, per_cpu)) = entry else { continue };
-            let sum = per_cpu.iter().fold(SendCounters::default(), |a, c| SendCounters {
-                bytes: a.bytes + c.bytes,
-                ops: a.ops + c.ops,
-            });
+            let sum = per_cpu
+                .iter()
+                .fold(SendCounters::default(), |a, c| SendCounters {
+                    bytes: a.bytes + c.bytes,
+                    ops: a.ops + c.ops,
+                });
             out.push((key, sum));
         }
         Ok(out)
     }
 
     pub fn read_files(&self) -> anyhow::Result<Vec<(FileKey, u64)>> {
-        let map: PerCpuHashMap<&MapData, FileKey, u64> = PerCpuHashMap::try_from(map(&self.ebpf, names::FILE_STATS)?)?;
+        let map: PerCpuHashMap<&MapData, FileKey, u64> =
+            PerCpuHashMap::try_from(map(&self.ebpf, names::FILE_STATS)?)?;
         Ok(map
             .iter()
             .filter_map(Result::ok)
@@ -153,7 +186,8 @@ impl Sensor {
 
     /// Cumulative `COUNTERS`, by index.
     pub fn read_lost(&self) -> anyhow::Result<[u64; counter::COUNT as usize]> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map(&self.ebpf, names::COUNTERS)?)?;
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map(&self.ebpf, names::COUNTERS)?)?;
         let mut out = [0; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
@@ -162,7 +196,12 @@ impl Sensor {
     }
 
     /// Removes exited processes (and their destinations and files) from the maps.
-    pub fn forget(&mut self, tgids: &[u32], sends: &[SendKey], files: &[FileKey]) -> anyhow::Result<()> {
+    pub fn forget(
+        &mut self,
+        tgids: &[u32],
+        sends: &[SendKey],
+        files: &[FileKey],
+    ) -> anyhow::Result<()> {
         {
             let mut m: PerCpuHashMap<&mut MapData, u32, ProcCounters> =
                 PerCpuHashMap::try_from(map_mut(&mut self.ebpf, names::PROC_STATS)?)?;
@@ -171,7 +210,8 @@ impl Sensor {
             }
         }
         {
-            let mut m: HashMap<&mut MapData, u32, ProcInfo> = HashMap::try_from(map_mut(&mut self.ebpf, names::PROC_INFO)?)?;
+            let mut m: HashMap<&mut MapData, u32, ProcInfo> =
+                HashMap::try_from(map_mut(&mut self.ebpf, names::PROC_INFO)?)?;
             for t in tgids {
                 let _ = m.remove(t);
             }
@@ -183,7 +223,8 @@ impl Sensor {
                 let _ = m.remove(k);
             }
         }
-        let mut m: PerCpuHashMap<&mut MapData, FileKey, u64> = PerCpuHashMap::try_from(map_mut(&mut self.ebpf, names::FILE_STATS)?)?;
+        let mut m: PerCpuHashMap<&mut MapData, FileKey, u64> =
+            PerCpuHashMap::try_from(map_mut(&mut self.ebpf, names::FILE_STATS)?)?;
         for k in files {
             let _ = m.remove(k);
         }
@@ -192,11 +233,13 @@ impl Sensor {
 }
 
 fn map<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
-    ebpf.map(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+    ebpf.map(name)
+        .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
 }
 
 /// Loads the object with this kernel's offsets and the map sizes (programs
@@ -222,7 +265,9 @@ fn attach_all(ebpf: &mut Ebpf) -> anyhow::Result<Vec<ProbeStatus>> {
         let result = attach_one(ebpf, &btf, &spec).map_err(|e| format!("{e:#}"));
         match &result {
             Ok(()) => tracing::info!(program = spec.program, hook = spec.hook, "attached"),
-            Err(reason) => tracing::warn!(program = spec.program, hook = spec.hook, %reason, "not attached"),
+            Err(reason) => {
+                tracing::warn!(program = spec.program, hook = spec.hook, %reason, "not attached")
+            }
         }
         out.push(ProbeStatus { spec, result });
     }
@@ -241,13 +286,21 @@ fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProbeSpec) -> anyhow::Result<()
 
 fn fill_watch_tables(ebpf: &mut Ebpf, watch: &WatchSet) -> anyhow::Result<()> {
     {
-        let mut exts: HashMap<&mut MapData, ExtKey, u64> = HashMap::try_from(map_mut(ebpf, names::WATCH_EXTS)?)?;
+        let mut exts: HashMap<&mut MapData, ExtKey, u64> =
+            HashMap::try_from(map_mut(ebpf, names::WATCH_EXTS)?)?;
         for (i, ext) in watch.extensions.iter().enumerate() {
-            exts.insert(ExtKey { ext: WatchSet::ext_key(ext) }, 1u64 << i, 0)
-                .with_context(|| format!("adding extension {ext} to WATCH_EXTS"))?;
+            exts.insert(
+                ExtKey {
+                    ext: WatchSet::ext_key(ext),
+                },
+                1u64 << i,
+                0,
+            )
+            .with_context(|| format!("adding extension {ext} to WATCH_EXTS"))?;
         }
     }
-    let mut inodes: HashMap<&mut MapData, InodeKey, u64> = HashMap::try_from(map_mut(ebpf, names::WATCH_INODES)?)?;
+    let mut inodes: HashMap<&mut MapData, InodeKey, u64> =
+        HashMap::try_from(map_mut(ebpf, names::WATCH_INODES)?)?;
     for w in &watch.inodes {
         inodes
             .insert(w.key, w.mask, 0)
@@ -258,9 +311,15 @@ fn fill_watch_tables(ebpf: &mut Ebpf, watch: &WatchSet) -> anyhow::Result<()> {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid pointer to an initialised struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -22,11 +22,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(max_comm_labels: usize, kernel: &str) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let file_read = counter_vec(
             "sensor_file_read_bytes_total",
             "Bytes read from regular files, by watched (weights) or not.",
@@ -45,16 +46,27 @@ impl Metrics {
         for reason in counter::REASONS {
             lost.with_label_values(&[reason]).inc_by(0);
         }
-        let tracked = IntGauge::new("sensor_tracked_processes", "Processes the kernel maps hold counts for.")?;
+        let tracked = IntGauge::new(
+            "sensor_tracked_processes",
+            "Processes the kernel maps hold counts for.",
+        )?;
         registry.register(Box::new(tracked.clone()))?;
         let build = IntGaugeVec::new(
-            Opts::new("sensor_build_info", "Build and kernel of the running agent (always 1)."),
+            Opts::new(
+                "sensor_build_info",
+                "Build and kernel of the running agent (always 1).",
+            ),
             &["version", "kernel"],
         )?;
         registry.register(Box::new(build.clone()))?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION"), kernel]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel])
+            .set(1);
         let probe_info = IntGaugeVec::new(
-            Opts::new("sensor_probe_info", "1 for each capability's attached hook, 0 when it has none."),
+            Opts::new(
+                "sensor_probe_info",
+                "1 for each capability's attached hook, 0 when it has none.",
+            ),
             &["capability", "hook"],
         )?;
         registry.register(Box::new(probe_info.clone()))?;
@@ -70,14 +82,24 @@ impl Metrics {
     }
 
     pub fn set_probe(&self, capability: &str, hook: &str, attached: bool) {
-        self.probe_info.with_label_values(&[capability, hook]).set(attached as i64);
+        self.probe_info
+            .with_label_values(&[capability, hook])
+            .set(attached as i64);
     }
 
     /// Adds one poll's deltas.
-    pub fn record(&mut self, poll: &Poll, containers: &mut CgroupResolver, classifier: &Classifier) {
+    pub fn record(
+        &mut self,
+        poll: &Poll,
+        containers: &mut CgroupResolver,
+        classifier: &Classifier,
+    ) {
         let mut labels_of = |tgid: u32, comms: &mut LabelFolder| -> (String, String) {
             match poll.identities.get(&tgid) {
-                Some(id) => (comms.fold(&id.comm).to_string(), containers.attribution(id.cgroup_id).container),
+                Some(id) => (
+                    comms.fold(&id.comm).to_string(),
+                    containers.attribution(id.cgroup_id).container,
+                ),
                 None => ("?".to_string(), String::new()),
             }
         };
@@ -88,20 +110,28 @@ impl Metrics {
             let (comm, container) = labels_of(p.tgid, &mut self.comms);
             let unwatched = p.read_bytes.saturating_sub(p.watched_read_bytes);
             if p.watched_read_bytes > 0 {
-                self.file_read.with_label_values(&[&comm, &container, "true"]).inc_by(p.watched_read_bytes);
+                self.file_read
+                    .with_label_values(&[&comm, &container, "true"])
+                    .inc_by(p.watched_read_bytes);
             }
             if unwatched > 0 {
-                self.file_read.with_label_values(&[&comm, &container, "false"]).inc_by(unwatched);
+                self.file_read
+                    .with_label_values(&[&comm, &container, "false"])
+                    .inc_by(unwatched);
             }
         }
         for s in &poll.sends {
             let (comm, container) = labels_of(s.tgid, &mut self.comms);
             let class = classifier.classify(&s.endpoint);
-            self.socket_send.with_label_values(&[&comm, &container, class.as_str()]).inc_by(s.bytes);
+            self.socket_send
+                .with_label_values(&[&comm, &container, class.as_str()])
+                .inc_by(s.bytes);
         }
         for (i, n) in poll.lost.iter().enumerate() {
             if *n > 0 {
-                self.lost.with_label_values(&[counter::REASONS[i]]).inc_by(*n);
+                self.lost
+                    .with_label_values(&[counter::REASONS[i]])
+                    .inc_by(*n);
             }
         }
         self.tracked.set(poll.tracked as i64);
@@ -128,7 +158,14 @@ mod tests {
         let mut poll = Poll::default();
         poll.identities.insert(
             5,
-            Identity { tgid: 5, ppid: 1, sid: 5, uid: 0, cgroup_id: 0, comm: "we\"ird\\na\nme".into() },
+            Identity {
+                tgid: 5,
+                ppid: 1,
+                sid: 5,
+                uid: 0,
+                cgroup_id: 0,
+                comm: "we\"ird\\na\nme".into(),
+            },
         );
         poll.procs.push(ProcDelta {
             tgid: 5,
@@ -138,8 +175,17 @@ mod tests {
             total: ProcCounters::default(),
             exited: false,
         });
-        let ep = crate::destination::Endpoint::from_kernel(AF_INET, [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 9).unwrap();
-        poll.sends.push(SendDelta { tgid: 5, endpoint: ep, bytes: 30 });
+        let ep = crate::destination::Endpoint::from_kernel(
+            AF_INET,
+            [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            9,
+        )
+        .unwrap();
+        poll.sends.push(SendDelta {
+            tgid: 5,
+            endpoint: ep,
+            bytes: 30,
+        });
         poll.lost[1] = 3;
         poll.tracked = 1;
         m.record(&poll, &mut CgroupResolver::new(), &Classifier::default());
@@ -147,9 +193,18 @@ mod tests {
         assert!(text.contains(r#"sensor_file_read_bytes_total{comm="we\"ird\\na\nme",container="",watched="true"} 60"#), "{text}");
         assert!(text.contains(r#"watched="false"} 40"#), "{text}");
         assert!(text.contains(r#"destination="untrusted"} 30"#), "{text}");
-        assert!(text.contains(r#"sensor_lost_events_total{reason="info_map_full"} 3"#), "{text}");
-        assert!(text.contains(r#"sensor_lost_events_total{reason="proc_map_full"} 0"#), "{text}");
+        assert!(
+            text.contains(r#"sensor_lost_events_total{reason="info_map_full"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sensor_lost_events_total{reason="proc_map_full"} 0"#),
+            "{text}"
+        );
         assert!(text.contains("sensor_tracked_processes 1"), "{text}");
-        assert!(text.contains(r#"sensor_build_info{kernel="6.18.0-test""#), "{text}");
+        assert!(
+            text.contains(r#"sensor_build_info{kernel="6.18.0-test""#),
+            "{text}"
+        );
     }
 }

@@ -20,7 +20,11 @@ pub enum OffsetError {
     #[error("kernel BTF: {0} is a bitfield")]
     Bitfield(String),
     #[error("kernel BTF: {what} is {actual} bytes, expected {expected}")]
-    Size { what: String, actual: usize, expected: usize },
+    Size {
+        what: String,
+        actual: usize,
+        expected: usize,
+    },
     #[error("kernel BTF: {0}")]
     Btf(#[from] btf_rs::Error),
     #[error("kernel BTF: enum value {0} not found")]
@@ -45,8 +49,11 @@ pub fn resolve_offsets(path: &Path) -> Result<Offsets, OffsetError> {
         task_signal: r.member("task_struct", &["signal"], 8)?,
         signal_live: r.member("signal_struct", &["live"], 4)?,
         // `struct pid *pids[PIDTYPE_MAX]`: the SID slot of the array.
-        signal_sid_pid: r.member("signal_struct", &["pids"], 8 * r.array_len("signal_struct", "pids")?)?
-            + 8 * sid,
+        signal_sid_pid: r.member(
+            "signal_struct",
+            &["pids"],
+            8 * r.array_len("signal_struct", "pids")?,
+        )? + 8 * sid,
         pid_nr: r.member("pid", &["numbers"], 0)? + r.member("upid", &["nr"], 4)?,
         files_fdt: r.member("files_struct", &["fdt"], 8)?,
         fdt_max_fds: r.member("fdtable", &["max_fds"], 4)?,
@@ -91,15 +98,22 @@ impl Resolver<'_> {
         let mut what = strukt.to_string();
         for name in path {
             what = format!("{what}.{name}");
-            let (bits, member_ty) = self
-                .find_member(&ty, name)?
-                .ok_or_else(|| OffsetError::NoMember { strukt: strukt.into(), member: what.clone() })?;
+            let (bits, member_ty) =
+                self.find_member(&ty, name)?
+                    .ok_or_else(|| OffsetError::NoMember {
+                        strukt: strukt.into(),
+                        member: what.clone(),
+                    })?;
             offset += bits / 8;
             ty = self.strip(member_ty)?;
         }
         let actual = self.size_of(&ty)?;
         if size != 0 && actual != size {
-            return Err(OffsetError::Size { what, actual, expected: size });
+            return Err(OffsetError::Size {
+                what,
+                actual,
+                expected: size,
+            });
         }
         Ok(offset)
     }
@@ -107,9 +121,16 @@ impl Resolver<'_> {
     /// Number of elements of the array member `strukt.name`.
     fn array_len(&self, strukt: &str, name: &str) -> Result<usize, OffsetError> {
         let ty = self.find_struct(strukt)?;
-        match self.find_member(&ty, name)?.map(|(_, t)| self.strip(t)).transpose()? {
+        match self
+            .find_member(&ty, name)?
+            .map(|(_, t)| self.strip(t))
+            .transpose()?
+        {
             Some(Type::Array(a)) => Ok(a.len()),
-            _ => Err(OffsetError::NoMember { strukt: strukt.into(), member: name.into() }),
+            _ => Err(OffsetError::NoMember {
+                strukt: strukt.into(),
+                member: name.into(),
+            }),
         }
     }
 
@@ -170,7 +191,11 @@ impl Resolver<'_> {
     }
 
     fn enum_value(&self, enum_name: &str, value: &str) -> Result<u32, OffsetError> {
-        for ty in self.btf.resolve_types_by_name(enum_name).unwrap_or_default() {
+        for ty in self
+            .btf
+            .resolve_types_by_name(enum_name)
+            .unwrap_or_default()
+        {
             if let Type::Enum(e) = ty {
                 for m in &e.members {
                     if self.btf.resolve_name(m).ok().as_deref() == Some(value) {
@@ -191,7 +216,8 @@ mod tests {
     /// kernel, so this checks their consistency instead.
     #[test]
     fn resolves_running_kernel() {
-        let o = resolve_offsets(Path::new(VMLINUX_BTF)).expect("offsets from /sys/kernel/btf/vmlinux");
+        let o =
+            resolve_offsets(Path::new(VMLINUX_BTF)).expect("offsets from /sys/kernel/btf/vmlinux");
         assert_eq!(o.magic, OFFSETS_MAGIC);
         // `struct qstr { u32 hash; u32 len; } name` on little endian.
         assert_eq!(o.dentry_name_ptr - o.dentry_name_len, 4);

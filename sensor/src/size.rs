@@ -5,7 +5,9 @@
 /// unit is case-insensitive and may follow a space.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     if number.is_empty() {
         return Err("expected a number, optionally followed by a unit such as MiB".into());
@@ -20,12 +22,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        other => return Err(format!("unknown unit '{other}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
     };
     if let Ok(n) = number.parse::<u64>() {
-        return n.checked_mul(multiplier).ok_or_else(|| "too large".to_string());
+        return n
+            .checked_mul(multiplier)
+            .ok_or_else(|| "too large".to_string());
     }
-    let f: f64 = number.parse().map_err(|_| format!("'{number}' is not a number"))?;
+    let f: f64 = number
+        .parse()
+        .map_err(|_| format!("'{number}' is not a number"))?;
     let bytes = f * multiplier as f64;
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {
         return Err("too large".into());

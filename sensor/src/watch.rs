@@ -17,11 +17,27 @@ use sensor_common::{maps::MAX_WATCH_EXTS_USIZE, InodeKey, EXT_LEN, WATCH_ALL};
 
 /// File-name extensions of weights, watched anywhere by default.
 pub const DEFAULT_EXTENSIONS: [&str; 13] = [
-    "safetensors", "gguf", "ggml", "pt", "pth", "ckpt", "bin", "onnx", "h5", "keras", "tflite",
-    "npz", "msgpack",
+    "safetensors",
+    "gguf",
+    "ggml",
+    "pt",
+    "pth",
+    "ckpt",
+    "bin",
+    "onnx",
+    "h5",
+    "keras",
+    "tflite",
+    "npz",
+    "msgpack",
 ];
 /// Directories watched by default where they exist.
-pub const DEFAULT_DIRS: [&str; 4] = ["/models", "/mnt/models", "/data/models", "~/.cache/huggingface"];
+pub const DEFAULT_DIRS: [&str; 4] = [
+    "/models",
+    "/mnt/models",
+    "/data/models",
+    "~/.cache/huggingface",
+];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WatchError {
@@ -30,7 +46,10 @@ pub enum WatchError {
 }
 
 fn invalid(spec: &str, reason: impl ToString) -> WatchError {
-    WatchError::Invalid { spec: spec.to_string(), reason: reason.to_string() }
+    WatchError::Invalid {
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// One watched inode: a directory (recursive) or a file.
@@ -60,7 +79,11 @@ impl WatchSet {
             for ext in DEFAULT_EXTENSIONS {
                 set.any_ext_mask |= set.ext_bit(ext, ext)?;
             }
-            for dir in DEFAULT_DIRS.iter().map(|d| expand_home(d)).chain(extra_hf_caches()) {
+            for dir in DEFAULT_DIRS
+                .iter()
+                .map(|d| expand_home(d))
+                .chain(extra_hf_caches())
+            {
                 if dir.is_dir() {
                     set.add_inode(&dir.display().to_string(), &dir, WATCH_ALL)?;
                 }
@@ -81,12 +104,17 @@ impl WatchSet {
             return Ok(());
         }
         let (dir, ext) = match s.rsplit_once('/') {
-            Some((dir, last)) if last.starts_with("*.") => (dir.strip_suffix("/**").unwrap_or(dir), Some(&last[2..])),
+            Some((dir, last)) if last.starts_with("*.") => {
+                (dir.strip_suffix("/**").unwrap_or(dir), Some(&last[2..]))
+            }
             Some((dir, "**")) => (dir, None),
             _ => (s, None),
         };
         if dir.contains(['*', '?', '[']) || ext.is_some_and(|e| e.contains(['*', '?', '[', '/'])) {
-            return Err(invalid(spec, "unsupported pattern; use FILE, DIR, *.EXT or DIR/**/*.EXT"));
+            return Err(invalid(
+                spec,
+                "unsupported pattern; use FILE, DIR, *.EXT or DIR/**/*.EXT",
+            ));
         }
         let path = expand_home(if dir.is_empty() { "/" } else { dir });
         let mask = match ext {
@@ -94,7 +122,10 @@ impl WatchSet {
             None => WATCH_ALL,
         };
         if ext.is_some() && !path.is_dir() {
-            return Err(invalid(spec, format!("{} is not a directory", path.display())));
+            return Err(invalid(
+                spec,
+                format!("{} is not a directory", path.display()),
+            ));
         }
         self.add_inode(spec, &path, mask)
     }
@@ -103,13 +134,21 @@ impl WatchSet {
         let meta = std::fs::metadata(path).map_err(|e| invalid(spec, e))?;
         let key = inode_key(&meta);
         if let Some(existing) = self.inodes.iter_mut().find(|w| w.key == key) {
-            existing.mask = if existing.mask == WATCH_ALL || mask == WATCH_ALL { WATCH_ALL } else { existing.mask | mask };
+            existing.mask = if existing.mask == WATCH_ALL || mask == WATCH_ALL {
+                WATCH_ALL
+            } else {
+                existing.mask | mask
+            };
             return Ok(());
         }
         if self.inodes.len() >= sensor_common::maps::MAX_WATCH_INODES as usize {
             return Err(invalid(spec, "too many watched paths"));
         }
-        self.inodes.push(WatchedInode { key, mask, path: path.to_path_buf() });
+        self.inodes.push(WatchedInode {
+            key,
+            mask,
+            path: path.to_path_buf(),
+        });
         Ok(())
     }
 
@@ -117,7 +156,13 @@ impl WatchSet {
     fn ext_bit(&mut self, spec: &str, ext: &str) -> Result<u64, WatchError> {
         let ext = ext.to_ascii_lowercase();
         if ext.is_empty() || ext.len() >= EXT_LEN || ext.contains(['.', '/', '\0']) {
-            return Err(invalid(spec, format!("extension must be 1 to {} characters without dots", EXT_LEN - 1)));
+            return Err(invalid(
+                spec,
+                format!(
+                    "extension must be 1 to {} characters without dots",
+                    EXT_LEN - 1
+                ),
+            ));
         }
         let index = match self.extensions.iter().position(|e| *e == ext) {
             Some(i) => i,
@@ -125,7 +170,12 @@ impl WatchSet {
                 self.extensions.push(ext);
                 self.extensions.len() - 1
             }
-            None => return Err(invalid(spec, format!("more than {MAX_WATCH_EXTS_USIZE} extensions"))),
+            None => {
+                return Err(invalid(
+                    spec,
+                    format!("more than {MAX_WATCH_EXTS_USIZE} extensions"),
+                ))
+            }
         };
         Ok(1u64 << index)
     }
@@ -148,7 +198,11 @@ impl WatchSet {
             .filter(|(i, _)| self.any_ext_mask & (1 << i) != 0)
             .map(|(_, e)| format!("*.{e}"))
             .collect();
-        let by_path: BTreeMap<_, _> = self.inodes.iter().map(|w| (w.path.display().to_string(), w.mask)).collect();
+        let by_path: BTreeMap<_, _> = self
+            .inodes
+            .iter()
+            .map(|w| (w.path.display().to_string(), w.mask))
+            .collect();
         for (path, mask) in by_path {
             if mask == WATCH_ALL {
                 parts.push(path);
@@ -169,12 +223,19 @@ impl WatchSet {
 pub fn inode_key(meta: &std::fs::Metadata) -> InodeKey {
     let dev = meta.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
-    InodeKey { dev: (major << 20) | minor, _pad: 0, ino: meta.ino() }
+    InodeKey {
+        dev: (major << 20) | minor,
+        _pad: 0,
+        ino: meta.ino(),
+    }
 }
 
 fn expand_home(path: &str) -> PathBuf {
     match path.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into()).join(rest),
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/root".into())
+            .join(rest),
         None => PathBuf::from(path),
     }
 }
@@ -184,7 +245,11 @@ fn expand_home(path: &str) -> PathBuf {
 fn extra_hf_caches() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from("/root/.cache/huggingface")];
     if let Ok(entries) = std::fs::read_dir("/home") {
-        dirs.extend(entries.flatten().map(|e| e.path().join(".cache/huggingface")));
+        dirs.extend(
+            entries
+                .flatten()
+                .map(|e| e.path().join(".cache/huggingface")),
+        );
     }
     dirs
 }
@@ -217,7 +282,10 @@ mod tests {
         assert_eq!(set.extensions, vec!["gguf", "safetensors", "pt"]);
         assert_eq!(set.any_ext_mask, 0b001);
         assert_eq!(set.inodes.len(), 2);
-        assert_eq!(set.inodes[0].mask, 0b110, "both extension specs name the same directory");
+        assert_eq!(
+            set.inodes[0].mask, 0b110,
+            "both extension specs name the same directory"
+        );
         assert_eq!(set.inodes[1].mask, WATCH_ALL);
         let meta = std::fs::metadata(&file).unwrap();
         assert_eq!(set.inodes[1].key.ino, meta.ino());
@@ -230,7 +298,12 @@ mod tests {
     fn errors_name_the_spec() {
         let err = WatchSet::resolve(&["/nonexistent/models".to_string()]).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/models"), "{err}");
-        for bad in ["/tmp/*/x", "*.", "*.waytoolongextension", "/tmp/model-*.bin"] {
+        for bad in [
+            "/tmp/*/x",
+            "*.",
+            "*.waytoolongextension",
+            "/tmp/model-*.bin",
+        ] {
             let err = WatchSet::resolve(&[bad.to_string()]).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }

@@ -36,7 +36,11 @@ impl Agent {
         let pipe = child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("metrics=").nth(1).filter(|_| line.contains("ready")) {
+                if let Some(url) = line
+                    .split("metrics=")
+                    .nth(1)
+                    .filter(|_| line.contains("ready"))
+                {
                     let _ = tx.send(url.split_whitespace().next().unwrap_or("").to_string());
                 }
                 lines.lock().unwrap().push(line);
@@ -45,15 +49,25 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
-                return Agent { child, metrics_url: url, stderr };
+                return Agent {
+                    child,
+                    metrics_url: url,
+                    stderr,
+                };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("sensor run exited with {status} before ready:\n{}", stderr.lock().unwrap().join("\n"));
+                panic!(
+                    "sensor run exited with {status} before ready:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("sensor run not ready within 60 s:\n{}", stderr.lock().unwrap().join("\n"));
+                panic!(
+                    "sensor run not ready within 60 s:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
             }
         }
     }
@@ -67,12 +81,18 @@ impl Agent {
     }
 
     pub fn metrics(&self) -> Metrics {
-        scrape(&self.metrics_url).unwrap_or_else(|e| panic!("scraping {}: {e}\n{}", self.metrics_url, self.stderr()))
+        scrape(&self.metrics_url)
+            .unwrap_or_else(|e| panic!("scraping {}: {e}\n{}", self.metrics_url, self.stderr()))
     }
 
     /// Polls `/metrics` until `done` holds (the agent polls the kernel maps
     /// every 200 ms here); panics with the last scrape after `timeout`.
-    pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&Metrics) -> bool,
+    ) -> Metrics {
         let deadline = Instant::now() + timeout;
         loop {
             let m = self.metrics();
@@ -97,7 +117,10 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("sensor did not exit within 30 s of SIGTERM:\n{}", self.stderr());
+                panic!(
+                    "sensor did not exit within 30 s of SIGTERM:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

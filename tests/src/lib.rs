@@ -16,13 +16,22 @@ use std::path::PathBuf;
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/<test>: two levels up.
-    exe.parent().and_then(|p| p.parent()).map(PathBuf::from).expect("target dir")
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .expect("target dir")
 }
 
 /// The `sensor` binary under test (`SENSOR_BIN`, else next to the tests).
 pub fn sensor_bin() -> PathBuf {
-    let path = std::env::var_os("SENSOR_BIN").map(PathBuf::from).unwrap_or_else(|| target_dir().join("sensor"));
-    assert!(path.exists(), "{} not built: run `cargo xtask test` (or `cargo build -p sensor`)", path.display());
+    let path = std::env::var_os("SENSOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("sensor"));
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo xtask test` (or `cargo build -p sensor`)",
+        path.display()
+    );
     path
 }
 

@@ -25,16 +25,25 @@ pub struct Peer {
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output()?;
-    anyhow::ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
 /// Removes namespaces left by test processes that no longer exist.
 fn remove_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
         let pid = rest.split('-').next().unwrap_or("");
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", name]);
@@ -57,17 +66,50 @@ impl Peer {
         let peer_ip = Ipv4Addr::new(198, 18, subnet, 2);
         let host_ip6 = format!("2001:2:0:{subnet}::1");
         let peer_ip6: Ipv6Addr = format!("2001:2:0:{subnet}::2").parse().expect("ipv6");
-        let peer = Peer { ns: ns.clone(), host_ip, ip: peer_ip, ip6: peer_ip6 };
+        let peer = Peer {
+            ns: ns.clone(),
+            host_ip,
+            ip: peer_ip,
+            ip6: peer_ip6,
+        };
         // From here on, drop deletes the namespace (and the veth pair with it).
         let setup = || -> anyhow::Result<()> {
             ip(&["netns", "add", &ns])?;
-            ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if])?;
+            ip(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+            ])?;
             ip(&["link", "set", &peer_if, "netns", &ns])?;
             ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if])?;
-            ip(&["-6", "addr", "add", &format!("{host_ip6}/64"), "dev", &host_if, "nodad"])?;
+            ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{host_ip6}/64"),
+                "dev",
+                &host_if,
+                "nodad",
+            ])?;
             ip(&["link", "set", &host_if, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{peer_ip}/24"), "dev", &peer_if])?;
-            ip(&["-n", &ns, "-6", "addr", "add", &format!("{peer_ip6}/64"), "dev", &peer_if, "nodad"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{peer_ip}/24"),
+                "dev",
+                &peer_if,
+            ])?;
+            ip(&[
+                "-n",
+                &ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{peer_ip6}/64"),
+                "dev",
+                &peer_if,
+                "nodad",
+            ])?;
             ip(&["-n", &ns, "link", "set", &peer_if, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             Ok(())
@@ -87,7 +129,11 @@ impl Peer {
     }
 
     pub fn addr(&self, v6: bool) -> IpAddr {
-        if v6 { self.ip6.into() } else { self.ip.into() }
+        if v6 {
+            self.ip6.into()
+        } else {
+            self.ip.into()
+        }
     }
 }
 

@@ -11,7 +11,12 @@ use std::{
 
 fn links_dir() -> &'static tempfile::TempDir {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::Builder::new().prefix("sensor-wl").tempdir().expect("tempdir"))
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("sensor-wl")
+            .tempdir()
+            .expect("tempdir")
+    })
 }
 
 /// The workload binary as `comm` (at most 15 characters, unique per test).
@@ -28,8 +33,15 @@ pub fn program(comm: &str) -> PathBuf {
 
 /// Runs a workload to completion and returns the number it reports under `key`.
 pub fn run(comm: &str, args: &[&str], key: &str) -> u64 {
-    let out = Command::new(program(comm)).args(args).output().expect("spawn workload");
-    assert!(out.status.success(), "workload {comm} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program(comm))
+        .args(args)
+        .output()
+        .expect("spawn workload");
+    assert!(
+        out.status.success(),
+        "workload {comm} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse(&String::from_utf8_lossy(&out.stdout), key)
 }
 
@@ -50,11 +62,18 @@ pub struct Sink {
 impl Sink {
     /// Starts `cmd` (a `tcp-sink`/`udp-sink`) and waits for it to listen.
     pub fn start(mut cmd: Command) -> Sink {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn sink");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sink");
         let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         reader.read_line(&mut line).expect("sink output");
-        assert!(line.starts_with("listening"), "sink did not start: {line:?}");
+        assert!(
+            line.starts_with("listening"),
+            "sink did not start: {line:?}"
+        );
         Sink { child, reader }
     }
 

@@ -37,9 +37,18 @@ fn watched_file_read_with_4k_and_1m_buffers() {
         let truth = workload::run(comm, &["read", "--file", path, "--bs", bs], "read_bytes");
         assert_eq!(truth, 256 * MIB, "the workload read the whole file");
         let m = agent.wait_for(Duration::from_secs(10), comm, |m| watched(m, comm) >= truth);
-        assert_within(&format!("{comm} watched bytes"), watched(&m, comm), truth, 1.0);
+        assert_within(
+            &format!("{comm} watched bytes"),
+            watched(&m, comm),
+            truth,
+            1.0,
+        );
         // What else it read (shared libraries at start-up) is not watched and small.
-        assert!(unwatched(&m, comm) < MIB, "{comm} unwatched bytes: {}", unwatched(&m, comm));
+        assert!(
+            unwatched(&m, comm) < MIB,
+            "{comm} unwatched bytes: {}",
+            unwatched(&m, comm)
+        );
     }
 }
 
@@ -51,10 +60,20 @@ fn unwatched_file_is_not_counted_as_watched() {
     make_file(&file, 64 * MIB);
     let agent = Agent::start(&["--watch", watched_dir.path().to_str().unwrap()]);
     let comm = "wl-unwatched";
-    let truth = workload::run(comm, &["read", "--file", file.to_str().unwrap(), "--bs", "65536"], "read_bytes");
+    let truth = workload::run(
+        comm,
+        &["read", "--file", file.to_str().unwrap(), "--bs", "65536"],
+        "read_bytes",
+    );
     assert_eq!(truth, 64 * MIB);
-    let m = agent.wait_for(Duration::from_secs(10), comm, |m| unwatched(m, comm) >= truth);
-    assert_eq!(watched(&m, comm), 0, "read of an unwatched file counted as watched");
+    let m = agent.wait_for(Duration::from_secs(10), comm, |m| {
+        unwatched(m, comm) >= truth
+    });
+    assert_eq!(
+        watched(&m, comm),
+        0,
+        "read of an unwatched file counted as watched"
+    );
     // Start-up reads of shared libraries add a few KiB at most.
     assert_within("unwatched bytes", unwatched(&m, comm), truth, 1.0);
 }
@@ -69,9 +88,18 @@ fn file_created_after_start_in_watched_directory_is_watched() {
     let file = sub.join("weights.part");
     make_file(&file, 32 * MIB);
     let comm = "wl-late-file";
-    let truth = workload::run(comm, &["read", "--file", file.to_str().unwrap(), "--bs", "131072"], "read_bytes");
+    let truth = workload::run(
+        comm,
+        &["read", "--file", file.to_str().unwrap(), "--bs", "131072"],
+        "read_bytes",
+    );
     let m = agent.wait_for(Duration::from_secs(10), comm, |m| watched(m, comm) >= truth);
-    assert_within("watched bytes of a late file", watched(&m, comm), truth, 1.0);
+    assert_within(
+        "watched bytes of a late file",
+        watched(&m, comm),
+        truth,
+        1.0,
+    );
 }
 
 #[test]
@@ -83,11 +111,24 @@ fn extension_glob_watches_files_anywhere_and_only_those() {
     make_file(&txt, 16 * MIB);
     let agent = Agent::start(&["--watch", "*.gguf"]);
     let (a, b) = ("wl-glob-gguf", "wl-glob-txt");
-    let truth_a = workload::run(a, &["read", "--file", gguf.to_str().unwrap(), "--bs", "65536"], "read_bytes");
-    let truth_b = workload::run(b, &["read", "--file", txt.to_str().unwrap(), "--bs", "65536"], "read_bytes");
+    let truth_a = workload::run(
+        a,
+        &["read", "--file", gguf.to_str().unwrap(), "--bs", "65536"],
+        "read_bytes",
+    );
+    let truth_b = workload::run(
+        b,
+        &["read", "--file", txt.to_str().unwrap(), "--bs", "65536"],
+        "read_bytes",
+    );
     let m = agent.wait_for(Duration::from_secs(10), "both readers", |m| {
         watched(m, a) >= truth_a && unwatched(m, b) >= truth_b
     });
-    assert_within("*.gguf watched bytes (case-insensitive)", watched(&m, a), truth_a, 1.0);
+    assert_within(
+        "*.gguf watched bytes (case-insensitive)",
+        watched(&m, a),
+        truth_a,
+        1.0,
+    );
     assert_eq!(watched(&m, b), 0, "a .txt file matched *.gguf");
 }

@@ -24,7 +24,15 @@ fn send(peer: Option<&Peer>, proto: &str, comm: &str, to: &str, bytes: u64, chun
     let sink = Sink::start(cmd);
     let truth = workload::run(
         comm,
-        &[&format!("{proto}-send"), "--to", to, "--bytes", &bytes.to_string(), "--chunk", &chunk.to_string()],
+        &[
+            &format!("{proto}-send"),
+            "--to",
+            to,
+            "--bytes",
+            &bytes.to_string(),
+            "--chunk",
+            &chunk.to_string(),
+        ],
         "sent_bytes",
     );
     assert_eq!(truth, bytes);
@@ -39,24 +47,107 @@ fn send(peer: Option<&Peer>, proto: &str, comm: &str, to: &str, bytes: u64, chun
 fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
     let untrusted = Peer::new(40);
     let trusted = Peer::new(41);
-    let agent = Agent::start(&["--trusted-cidr", "198.18.41.0/24", "--trusted-cidr", "2001:2:0:41::/64"]);
+    let agent = Agent::start(&[
+        "--trusted-cidr",
+        "198.18.41.0/24",
+        "--trusted-cidr",
+        "2001:2:0:41::/64",
+    ]);
 
     let cases = [
-        (Some(&untrusted), "tcp", "wl-tcp-untr", format!("{}:7001", untrusted.ip), 128 * MIB, 65536, "untrusted"),
-        (Some(&untrusted), "udp", "wl-udp-untr", format!("{}:7002", untrusted.ip), 16 * MIB, 8192, "untrusted"),
-        (Some(&untrusted), "tcp", "wl-tcp6-untr", format!("[{}]:7003", untrusted.ip6), 32 * MIB, 65536, "untrusted"),
-        (Some(&trusted), "tcp", "wl-tcp-trust", format!("{}:7004", trusted.ip), 128 * MIB, 65536, "trusted"),
-        (Some(&trusted), "udp", "wl-udp-trust", format!("{}:7005", trusted.ip), 16 * MIB, 8192, "trusted"),
-        (Some(&trusted), "udp", "wl-udp6-trust", format!("[{}]:7006", trusted.ip6), 16 * MIB, 8192, "trusted"),
-        (None, "tcp", "wl-tcp-loop", "127.0.0.1:7007".to_string(), 128 * MIB, 65536, "loopback"),
-        (None, "udp", "wl-udp-loop", "127.0.0.1:7008".to_string(), 16 * MIB, 8192, "loopback"),
+        (
+            Some(&untrusted),
+            "tcp",
+            "wl-tcp-untr",
+            format!("{}:7001", untrusted.ip),
+            128 * MIB,
+            65536,
+            "untrusted",
+        ),
+        (
+            Some(&untrusted),
+            "udp",
+            "wl-udp-untr",
+            format!("{}:7002", untrusted.ip),
+            16 * MIB,
+            8192,
+            "untrusted",
+        ),
+        (
+            Some(&untrusted),
+            "tcp",
+            "wl-tcp6-untr",
+            format!("[{}]:7003", untrusted.ip6),
+            32 * MIB,
+            65536,
+            "untrusted",
+        ),
+        (
+            Some(&trusted),
+            "tcp",
+            "wl-tcp-trust",
+            format!("{}:7004", trusted.ip),
+            128 * MIB,
+            65536,
+            "trusted",
+        ),
+        (
+            Some(&trusted),
+            "udp",
+            "wl-udp-trust",
+            format!("{}:7005", trusted.ip),
+            16 * MIB,
+            8192,
+            "trusted",
+        ),
+        (
+            Some(&trusted),
+            "udp",
+            "wl-udp6-trust",
+            format!("[{}]:7006", trusted.ip6),
+            16 * MIB,
+            8192,
+            "trusted",
+        ),
+        (
+            None,
+            "tcp",
+            "wl-tcp-loop",
+            "127.0.0.1:7007".to_string(),
+            128 * MIB,
+            65536,
+            "loopback",
+        ),
+        (
+            None,
+            "udp",
+            "wl-udp-loop",
+            "127.0.0.1:7008".to_string(),
+            16 * MIB,
+            8192,
+            "loopback",
+        ),
     ];
     for (peer, proto, comm, to, bytes, chunk, class) in cases {
         let truth = send(peer, proto, comm, &to, bytes, chunk);
-        let m = agent.wait_for(Duration::from_secs(10), comm, |m| sent(m, comm, class) >= truth);
-        assert_within(&format!("{comm} ({proto} to {to}) {class} bytes"), sent(&m, comm, class), truth, 1.0);
-        for other in ["loopback", "local", "trusted", "untrusted"].into_iter().filter(|c| *c != class) {
-            assert_eq!(sent(&m, comm, other), 0, "{comm}: bytes classified as {other}");
+        let m = agent.wait_for(Duration::from_secs(10), comm, |m| {
+            sent(m, comm, class) >= truth
+        });
+        assert_within(
+            &format!("{comm} ({proto} to {to}) {class} bytes"),
+            sent(&m, comm, class),
+            truth,
+            1.0,
+        );
+        for other in ["loopback", "local", "trusted", "untrusted"]
+            .into_iter()
+            .filter(|c| *c != class)
+        {
+            assert_eq!(
+                sent(&m, comm, other),
+                0,
+                "{comm}: bytes classified as {other}"
+            );
         }
     }
 }

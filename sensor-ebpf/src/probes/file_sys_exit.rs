@@ -5,8 +5,10 @@
 //! the descriptor is a regular file, split into watched and not watched.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, macros::btf_tracepoint, macros::map,
-    maps::PerCpuHashMap, programs::BtfTracePointContext,
+    bindings::BPF_NOEXIST,
+    macros::{btf_tracepoint, map},
+    maps::PerCpuHashMap,
+    programs::BtfTracePointContext,
 };
 use sensor_common::{counter, maps, FileKey, InodeKey};
 
@@ -72,7 +74,14 @@ fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
         }
     }
     if watched {
-        add_file_bytes(FileKey { tgid, dev: key.dev, ino: key.ino }, bytes)?;
+        add_file_bytes(
+            FileKey {
+                tgid,
+                dev: key.dev,
+                ino: key.ino,
+            },
+            bytes,
+        )?;
     }
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! io_uring sends all end there.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, macros::btf_tracepoint, macros::map, maps::PerCpuHashMap,
+    bindings::BPF_NOEXIST,
+    macros::{btf_tracepoint, map},
+    maps::PerCpuHashMap,
     programs::BtfTracePointContext,
 };
 use sensor_common::{counter, maps, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX};
@@ -39,7 +41,12 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let sk: *const u8 = ctx.arg(0);
     let family: u16 = read(sk, off!(sk_family))?;
     let tgid = proc::current_tgid();
-    let mut key = SendKey { tgid, family, port: 0, addr: [0; 16] };
+    let mut key = SendKey {
+        tgid,
+        family,
+        port: 0,
+        addr: [0; 16],
+    };
     match family {
         AF_INET => {
             let addr: [u8; 4] = read(sk, off!(sk_daddr))?;

@@ -4,7 +4,9 @@
 //! `TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`,
 //! fired after the new image set the task's comm.
 
-use aya_ebpf::{helpers::bpf_get_current_comm, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_comm, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 
 use crate::proc;
 

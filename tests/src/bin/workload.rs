@@ -18,7 +18,9 @@ fn arg<'a>(args: &'a [String], name: &str) -> &'a str {
 }
 
 fn num(args: &[String], name: &str) -> u64 {
-    arg(args, name).parse().unwrap_or_else(|_| die(&format!("{name} must be a number")))
+    arg(args, name)
+        .parse()
+        .unwrap_or_else(|_| die(&format!("{name} must be a number")))
 }
 
 fn die(msg: &str) -> ! {
@@ -68,7 +70,9 @@ fn pattern(chunk: usize) -> Vec<u8> {
 
 /// `tcp-send --to ADDR --bytes N --chunk C`: write(2) N bytes in C-byte writes.
 fn tcp_send(args: &[String]) -> std::io::Result<()> {
-    let to: SocketAddr = arg(args, "--to").parse().unwrap_or_else(|_| die("bad --to"));
+    let to: SocketAddr = arg(args, "--to")
+        .parse()
+        .unwrap_or_else(|_| die("bad --to"));
     let total = num(args, "--bytes");
     let buf = pattern(num(args, "--chunk") as usize);
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
@@ -88,10 +92,16 @@ fn tcp_send(args: &[String]) -> std::io::Result<()> {
 
 /// `udp-send --to ADDR --bytes N --chunk C`: send(2) on a connected UDP socket.
 fn udp_send(args: &[String]) -> std::io::Result<()> {
-    let to: SocketAddr = arg(args, "--to").parse().unwrap_or_else(|_| die("bad --to"));
+    let to: SocketAddr = arg(args, "--to")
+        .parse()
+        .unwrap_or_else(|_| die("bad --to"));
     let total = num(args, "--bytes");
     let buf = pattern(num(args, "--chunk") as usize);
-    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
     let s = UdpSocket::bind(bind)?;
     s.connect(to)?;
     let mut sent = 0u64;
@@ -100,7 +110,11 @@ fn udp_send(args: &[String]) -> std::io::Result<()> {
         match s.send(&buf[..want]) {
             Ok(n) => sent += n as u64,
             // A full socket buffer or a dropped datagram's ICMP: try again.
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused
+                ) => {}
             Err(e) => return Err(e),
         }
     }

@@ -1,0 +1,145 @@
+//! `cargo xtask setup`: what a fresh machine needs to build and test, each
+//! step skipped when already done.
+//!
+//! - `rust-src` on the nightly toolchain (the eBPF crate builds `core`);
+//! - `bpf-linker` linked against nightly's own LLVM (PLATFORM.md's recipe:
+//!   Debian's LLVM is too old, the default feature wants a newer LLVM);
+//! - Debian packages the tests use: bpftool, iproute2.
+//!
+//! Only `tp_btf` programs are used, so tracefs need not be mounted.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const CACHE: &str = "/var/cache/sensor";
+
+pub fn run() -> Result<()> {
+    nightly_components()?;
+    bpf_linker()?;
+    debian_packages(&[("bpftool", "bpftool"), ("ip", "iproute2")])?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// rust-src (the eBPF crate builds `core`), rustfmt and clippy (the eBPF
+/// lint pass and the import-grouping rustfmt options are nightly-only).
+fn nightly_components() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("the nightly toolchain is required to build the eBPF programs")?;
+    let missing: Vec<&str> = ["rust-src", "rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    crate::run(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&missing),
+    )
+}
+
+/// bpf-linker built against the nightly toolchain's libLLVM; a stamp records
+/// which nightly it was built for, so a toolchain update rebuilds it.
+fn bpf_linker() -> Result<()> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?
+        .trim()
+        .to_string();
+    let lib_dir = Path::new(&sysroot).join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let stamp_path = PathBuf::from(CACHE).join("bpf-linker.stamp");
+    let stamp = format!("{BPF_LINKER_VERSION} {libllvm}\n");
+    let have = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have && std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
+        return Ok(());
+    }
+    let major = libllvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .with_context(|| format!("cannot read the LLVM version from {libllvm}"))?;
+    // LLVM_PREFIX/lib must hold libLLVM.so and the versioned name.
+    let prefix = PathBuf::from(CACHE).join("llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for name in ["libLLVM.so", libllvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major} (about a minute)");
+    crate::run(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{major}")]),
+    )?;
+    std::fs::write(&stamp_path, stamp)
+        .with_context(|| format!("writing {}", stamp_path.display()))?;
+    Ok(())
+}
+
+fn debian_packages(needed: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(bin, _)| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    crate::run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
