@@ -8,6 +8,10 @@ pub const PROC_INFO: &str = "PROC_INFO";
 pub const SEND_STATS: &str = "SEND_STATS";
 /// Bytes read per (process, watched file) (`PerCpuHashMap<FileKey, u64>`).
 pub const FILE_STATS: &str = "FILE_STATS";
+/// Destinations of unconnected UDP sends, by socket cookie (`LruHashMap<u64, Dest>`).
+pub const PENDING_DEST: &str = "PENDING_DEST";
+/// Mappings of watched files (`HashMap<MmapKey, MmapInfo>`).
+pub const WATCHED_MMAPS: &str = "WATCHED_MMAPS";
 /// Watched directories and files (`HashMap<InodeKey, u64 ext mask>`).
 pub const WATCH_INODES: &str = "WATCH_INODES";
 /// Watched file-name extensions (`HashMap<ExtKey, u64 bit>`).
@@ -43,4 +47,7 @@ pub mod programs {
     pub const NET_SOCK_SEND_LENGTH: &str = "net_sock_send_length";
     pub const PROCESS_EXIT: &str = "process_exit";
     pub const PROCESS_EXEC: &str = "process_exec";
+    pub const FILE_IO_URING_COMPLETE: &str = "file_io_uring_complete";
+    pub const NET_CGROUP_SENDMSG4: &str = "net_cgroup_sendmsg4";
+    pub const NET_CGROUP_SENDMSG6: &str = "net_cgroup_sendmsg6";
 }

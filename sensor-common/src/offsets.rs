@@ -45,6 +45,16 @@ pub struct Offsets {
     pub sk_daddr: u32,
     pub sk_dport: u32,
     pub sk_v6_daddr: u32,
+    pub sk_cookie: u32,
+    // struct inode
+    pub inode_size: u32,
+    // io_uring (0 when the kernel has none; the program is then not attached)
+    /// `io_kiocb.opcode`
+    pub req_opcode: u32,
+    /// `io_kiocb.file`
+    pub req_file: u32,
+    /// `io_uring_cqe.res`
+    pub cqe_res: u32,
     pub _pad: u32,
 }
 
@@ -76,8 +86,13 @@ impl Offsets {
         sk_daddr: 0,
         sk_dport: 0,
         sk_v6_daddr: 0,
+        sk_cookie: 0,
+        inode_size: 0,
+        req_opcode: 0,
+        req_file: 0,
+        cqe_res: 0,
         _pad: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 104);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 124);

@@ -69,6 +69,39 @@ pub struct SendCounters {
     pub ops: u64,
 }
 
+/// A datagram's destination, taken by the cgroup `sendmsg` hooks from the
+/// `sendto`/`sendmsg` address of an unconnected UDP socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dest {
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    /// Network byte order, as in [`SendKey::addr`].
+    pub addr: [u8; 16],
+}
+
+/// One mapping of a watched file: the process and the address `mmap` returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MmapKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
+/// What was mapped at an [`MmapKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmapInfo {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    /// Bytes mapped, clipped to the file's size.
+    pub len: u64,
+}
+
 /// An inode, as the kernel names it: `(super_block.s_dev, inode.i_ino)`.
 /// `dev` uses the kernel's internal encoding, `major << 20 | minor`.
 #[repr(C)]
@@ -128,7 +161,8 @@ pub mod counter {
     pub const SEND_MAP_FULL: u32 = 2;
     pub const FILE_MAP_FULL: u32 = 3;
     pub const KERNEL_READ_ERROR: u32 = 4;
-    pub const COUNT: u32 = 5;
+    pub const MMAP_MAP_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
     /// The `reason` label of `sensor_lost_events_total`, by index.
     pub const REASONS: [&str; COUNT as usize] = [
         "proc_map_full",
@@ -136,6 +170,7 @@ pub mod counter {
         "send_map_full",
         "file_map_full",
         "kernel_read_error",
+        "mmap_map_full",
     ];
 }
 
@@ -149,6 +184,9 @@ const _: () = {
     assert!(core::mem::size_of::<ExtKey>() == 16);
     assert!(core::mem::size_of::<WatchCacheEntry>() == 8);
     assert!(core::mem::size_of::<RuntimeConfig>() == 16);
+    assert!(core::mem::size_of::<Dest>() == 24);
+    assert!(core::mem::size_of::<MmapInfo>() == 24);
+    assert!(core::mem::size_of::<MmapKey>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -164,5 +202,8 @@ mod pod {
     unsafe impl aya::Pod for ExtKey {}
     unsafe impl aya::Pod for WatchCacheEntry {}
     unsafe impl aya::Pod for RuntimeConfig {}
+    unsafe impl aya::Pod for Dest {}
+    unsafe impl aya::Pod for MmapInfo {}
+    unsafe impl aya::Pod for MmapKey {}
     unsafe impl aya::Pod for crate::Offsets {}
 }

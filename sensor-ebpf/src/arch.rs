@@ -1,31 +1,41 @@
 //! Syscall ABI of the target architecture: where `sys_exit`'s `struct pt_regs`
-//! keeps the syscall number and first argument, and the numbers of the read
-//! family. These are the architecture's user ABI, identical on every kernel.
+//! keeps the syscall number and arguments, and the numbers of the syscalls
+//! the sensor counts. These are the architecture's user ABI, identical on
+//! every kernel build.
 
 #[cfg(bpf_target_arch = "x86_64")]
 mod imp {
     /// `offsetof(struct pt_regs, orig_ax)`
     pub const REGS_SYSCALL_NR: usize = 120;
-    /// `offsetof(struct pt_regs, di)`: the first argument survives the syscall.
-    pub const REGS_ARG0: usize = 112;
+    /// Offsets of the six arguments: di, si, dx, r10, r8, r9 (they survive the
+    /// syscall; ax holds the return value).
+    pub const REGS_ARGS: [usize; 6] = [112, 104, 96, 56, 72, 64];
     pub const NR_READ: i64 = 0;
     pub const NR_PREAD64: i64 = 17;
     pub const NR_READV: i64 = 19;
     pub const NR_PREADV: i64 = 295;
     pub const NR_PREADV2: i64 = 327;
+    pub const NR_SENDFILE: i64 = 40;
+    pub const NR_SPLICE: i64 = 275;
+    pub const NR_COPY_FILE_RANGE: i64 = 326;
+    pub const NR_MMAP: i64 = 9;
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
 mod imp {
-    /// `offsetof(struct pt_regs, syscallno)` (an `s32`, sign-extended on read).
+    /// `offsetof(struct pt_regs, syscallno)`
     pub const REGS_SYSCALL_NR: usize = 280;
-    /// `offsetof(struct pt_regs, orig_x0)`: `regs[0]` holds the return value.
-    pub const REGS_ARG0: usize = 272;
+    /// `orig_x0` (x0 holds the return value), then x1..x5.
+    pub const REGS_ARGS: [usize; 6] = [272, 8, 16, 24, 32, 40];
     pub const NR_READ: i64 = 63;
     pub const NR_PREAD64: i64 = 67;
     pub const NR_READV: i64 = 65;
     pub const NR_PREADV: i64 = 69;
     pub const NR_PREADV2: i64 = 286;
+    pub const NR_SENDFILE: i64 = 71;
+    pub const NR_SPLICE: i64 = 76;
+    pub const NR_COPY_FILE_RANGE: i64 = 285;
+    pub const NR_MMAP: i64 = 222;
 }
 
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
@@ -33,9 +43,24 @@ compile_error!("sensor-ebpf supports x86_64 and aarch64 syscall ABIs only");
 
 pub use imp::*;
 
-/// True for the syscalls whose positive return value is a count of bytes read
-/// from the file descriptor in their first argument.
+/// For syscalls whose positive return value is a count of bytes taken from
+/// a file descriptor: which argument holds that descriptor.
+/// read/pread64/readv/preadv/preadv2 (fd), splice and copy_file_range
+/// (fd_in), sendfile (in_fd, the second argument).
 #[inline(always)]
-pub fn is_read_family(nr: i64) -> bool {
-    nr == NR_READ || nr == NR_PREAD64 || nr == NR_READV || nr == NR_PREADV || nr == NR_PREADV2
+pub fn source_fd_arg(nr: i64) -> Option<usize> {
+    if nr == NR_READ
+        || nr == NR_PREAD64
+        || nr == NR_READV
+        || nr == NR_PREADV
+        || nr == NR_PREADV2
+        || nr == NR_SPLICE
+        || nr == NR_COPY_FILE_RANGE
+    {
+        Some(0)
+    } else if nr == NR_SENDFILE {
+        Some(1)
+    } else {
+        None
+    }
 }

@@ -4,8 +4,11 @@
 mod arch;
 mod counters;
 mod kernel;
+mod mmap;
 mod probes;
 mod proc;
+mod reads;
+mod udp_dest;
 mod watch;
 
 #[cfg(not(test))]

@@ -20,7 +20,7 @@ use crate::{
     http,
     loader::{Capacity, Sensor},
     metrics::Metrics,
-    sysinfo,
+    resident, sysinfo,
     watch::WatchSet,
 };
 
@@ -117,17 +117,25 @@ fn poll_once(
     containers: &mut CgroupResolver,
     classifier: &Classifier,
 ) -> anyhow::Result<()> {
+    let mmaps = sensor.read_mmaps()?;
     let snapshot = Snapshot {
         counters: sensor.read_counters()?,
         infos: sensor.read_infos()?,
         sends: sensor.read_sends()?,
         files: sensor.read_files()?,
+        resident: resident::sample_all(&mmaps),
+        mmaps,
         lost: sensor.read_lost()?,
     };
     let poll = collector.ingest(snapshot, sysinfo::process_exists);
     metrics.record(&poll, containers, classifier);
-    if !poll.forget_tgids.is_empty() {
-        sensor.forget(&poll.forget_tgids, &poll.forget_sends, &poll.forget_files)?;
+    if !poll.forget_tgids.is_empty() || !poll.forget_mmaps.is_empty() {
+        sensor.forget(
+            &poll.forget_tgids,
+            &poll.forget_sends,
+            &poll.forget_files,
+            &poll.forget_mmaps,
+        )?;
     }
     Ok(())
 }

@@ -58,17 +58,22 @@ pub fn main(args: CheckArgs) -> Result<(), Failure> {
             Ok(probes) => {
                 for p in probes {
                     let detail = match &p.result {
-                        Ok(()) => format!("{} via tp_btf/{}", p.spec.capability, p.spec.hook),
-                        Err(e) => format!("{} via tp_btf/{}: {e}", p.spec.capability, p.spec.hook),
+                        Ok(()) => format!("{} via {}", p.spec.capability, p.spec.hook),
+                        Err(e) => format!("{} via {}: {e}", p.spec.capability, p.spec.hook),
                     };
                     if p.spec.required && p.result.is_err() {
                         ready = false;
                     }
-                    rows.push(row(
+                    let mut r = row(
                         format!("program {}", p.spec.program),
                         p.result.is_ok(),
                         detail,
-                    ));
+                    );
+                    if p.result.is_err() && !p.spec.required {
+                        // The agent runs without it, blind to this capability.
+                        r.status = "WARN";
+                    }
+                    rows.push(r);
                 }
             }
             Err(e) => {

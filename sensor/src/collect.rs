@@ -6,7 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use sensor_common::{
-    counter, FileKey, InodeKey, ProcCounters, ProcInfo, SendCounters, SendKey, PROC_EXITED,
+    counter, FileKey, InodeKey, MmapInfo, MmapKey, ProcCounters, ProcInfo, SendCounters, SendKey,
+    PROC_EXITED,
 };
 
 use crate::destination::Endpoint;
@@ -18,6 +19,10 @@ pub struct Snapshot {
     pub infos: Vec<(u32, ProcInfo)>,
     pub sends: Vec<(SendKey, SendCounters)>,
     pub files: Vec<(FileKey, u64)>,
+    pub mmaps: Vec<(MmapKey, MmapInfo)>,
+    /// Resident bytes of each mapping of a live process (`None`: the mapping
+    /// is gone); mappings of processes not sampled are absent.
+    pub resident: HashMap<MmapKey, Option<u64>>,
     pub lost: [u64; counter::COUNT as usize],
 }
 
@@ -69,6 +74,8 @@ pub struct ProcDelta {
     pub read_bytes: u64,
     pub watched_read_bytes: u64,
     pub sent_bytes: u64,
+    /// The part of the read bytes that came from mapped watched files.
+    pub mmap_bytes: u64,
     /// Cumulative totals since the sensor first counted the process.
     pub total: ProcCounters,
     pub exited: bool,
@@ -105,6 +112,7 @@ pub struct Poll {
     pub forget_tgids: Vec<u32>,
     pub forget_sends: Vec<SendKey>,
     pub forget_files: Vec<FileKey>,
+    pub forget_mmaps: Vec<MmapKey>,
 }
 
 /// Remembers the previous cumulative values.
@@ -114,6 +122,10 @@ pub struct Collector {
     last_send: HashMap<SendKey, u64>,
     last_file: HashMap<FileKey, u64>,
     last_lost: [u64; counter::COUNT as usize],
+    /// Bytes counted so far for each mapping (the most seen resident).
+    mmap_counted: HashMap<MmapKey, u64>,
+    /// Mappings a sample has seen in place.
+    mmap_seen: HashSet<MmapKey>,
 }
 
 impl Collector {
@@ -123,26 +135,41 @@ impl Collector {
         let infos: HashMap<u32, ProcInfo> = snap.infos.into_iter().collect();
         let mut poll = Poll::default();
         let mut gone: HashSet<u32> = HashSet::new();
+        for (tgid, _) in &snap.counters {
+            let exited = match infos.get(tgid) {
+                Some(i) => i.flags & PROC_EXITED != 0,
+                None => !alive(*tgid),
+            };
+            if exited {
+                gone.insert(*tgid);
+            }
+        }
+        // Identity entries without counters (counter map full): forget with the process.
+        for (tgid, info) in &infos {
+            if info.flags & PROC_EXITED != 0 {
+                gone.insert(*tgid);
+            }
+        }
+        let mut mmap_bytes = self.ingest_mmaps(&snap.mmaps, &snap.resident, &gone, &mut poll);
 
         for (tgid, now) in snap.counters {
             let info = infos.get(&tgid);
-            let exited = match info {
-                Some(i) => i.flags & PROC_EXITED != 0,
-                None => !alive(tgid),
-            };
+            let exited = gone.contains(&tgid);
             let before = self.last_proc.get(&tgid).copied().unwrap_or_default();
+            let mapped = mmap_bytes.remove(&tgid).unwrap_or(0);
             let delta = ProcDelta {
                 tgid,
-                read_bytes: now.read_bytes.saturating_sub(before.read_bytes),
+                read_bytes: now.read_bytes.saturating_sub(before.read_bytes) + mapped,
                 watched_read_bytes: now
                     .watched_read_bytes
-                    .saturating_sub(before.watched_read_bytes),
+                    .saturating_sub(before.watched_read_bytes)
+                    + mapped,
                 sent_bytes: now.sent_bytes.saturating_sub(before.sent_bytes),
+                mmap_bytes: mapped,
                 total: now,
                 exited,
             };
             if exited {
-                gone.insert(tgid);
                 self.last_proc.remove(&tgid);
             } else {
                 self.last_proc.insert(tgid, now);
@@ -152,12 +179,6 @@ impl Collector {
                 poll.identities
                     .insert(tgid, Identity::from_info(tgid, info));
                 poll.procs.push(delta);
-            }
-        }
-        // Identity entries without counters (counter map full): forget with the process.
-        for (tgid, info) in &infos {
-            if info.flags & PROC_EXITED != 0 && !self.last_proc.contains_key(tgid) {
-                gone.insert(*tgid);
             }
         }
 
@@ -209,6 +230,56 @@ impl Collector {
         poll.forget_tgids = gone.into_iter().collect();
         poll.forget_tgids.sort_unstable();
         poll
+    }
+
+    /// Bytes obtained through mappings of watched files since the previous
+    /// poll, per process. A mapping counts the most of it ever seen resident;
+    /// one that disappeared (unmapped, or its process exited) before any
+    /// sample saw it counts its whole mapped length: the process may have
+    /// read all of it, and nothing can tell less any more.
+    fn ingest_mmaps(
+        &mut self,
+        mmaps: &[(MmapKey, MmapInfo)],
+        resident: &HashMap<MmapKey, Option<u64>>,
+        gone: &HashSet<u32>,
+        poll: &mut Poll,
+    ) -> HashMap<u32, u64> {
+        let mut per_tgid: HashMap<u32, u64> = HashMap::new();
+        for (key, info) in mmaps {
+            let counted = self.mmap_counted.get(key).copied().unwrap_or(0);
+            let sample = resident.get(key).copied();
+            let mut target = counted;
+            if let Some(Some(bytes)) = sample {
+                self.mmap_seen.insert(*key);
+                target = target.max(bytes);
+            }
+            let vanished = gone.contains(&key.tgid) || matches!(sample, Some(None));
+            if vanished && !self.mmap_seen.contains(key) {
+                target = target.max(info.len);
+            }
+            let delta = target - counted;
+            if delta > 0 {
+                *per_tgid.entry(key.tgid).or_default() += delta;
+                let inode = InodeKey {
+                    dev: info.dev,
+                    _pad: 0,
+                    ino: info.ino,
+                };
+                poll.files.push(FileDelta {
+                    tgid: key.tgid,
+                    inode,
+                    bytes: delta,
+                });
+            }
+            if vanished {
+                self.mmap_counted.remove(key);
+                self.mmap_seen.remove(key);
+                poll.forget_mmaps.push(*key);
+            } else {
+                self.mmap_counted.insert(*key, target);
+            }
+        }
+        per_tgid
     }
 }
 
@@ -394,6 +465,73 @@ mod tests {
             .lost[0],
             2
         );
+    }
+
+    #[test]
+    fn mappings_count_the_most_resident_seen() {
+        let mut c = Collector::default();
+        let key = MmapKey {
+            tgid: 10,
+            _pad: 0,
+            addr: 0x7f00_0000_0000,
+        };
+        let mapping = MmapInfo {
+            dev: 1,
+            _pad: 0,
+            ino: 2,
+            len: 64 << 20,
+        };
+        let snap = |resident: Option<Option<u64>>, flags| Snapshot {
+            counters: vec![(10, counters(0, 0, 0))],
+            infos: vec![info(10, "loader", flags)],
+            mmaps: vec![(key, mapping)],
+            resident: resident
+                .map(|r| HashMap::from([(key, r)]))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let p = c.ingest(snap(Some(Some(8 << 20)), 0), |_| true);
+        assert_eq!(
+            (p.procs[0].watched_read_bytes, p.procs[0].mmap_bytes),
+            (8 << 20, 8 << 20)
+        );
+        assert_eq!(p.files[0].bytes, 8 << 20);
+        // Pages reclaimed and faulted again are not counted twice.
+        let p = c.ingest(snap(Some(Some(4 << 20)), 0), |_| true);
+        assert!(p.procs.is_empty());
+        let p = c.ingest(snap(Some(Some(32 << 20)), 0), |_| true);
+        assert_eq!(p.procs[0].watched_read_bytes, 24 << 20);
+        // Unmapped after being seen: nothing more, and forgotten.
+        let p = c.ingest(snap(Some(None), 0), |_| true);
+        assert!(p.procs.is_empty());
+        assert_eq!(p.forget_mmaps, vec![key]);
+    }
+
+    #[test]
+    fn mappings_never_sampled_count_their_length() {
+        let mut c = Collector::default();
+        let key = MmapKey {
+            tgid: 11,
+            _pad: 0,
+            addr: 0x1000,
+        };
+        let mapping = MmapInfo {
+            dev: 1,
+            _pad: 0,
+            ino: 2,
+            len: 5000,
+        };
+        let p = c.ingest(
+            Snapshot {
+                counters: vec![(11, counters(0, 0, 0))],
+                infos: vec![info(11, "quick", PROC_EXITED)],
+                mmaps: vec![(key, mapping)],
+                ..Default::default()
+            },
+            |_| false,
+        );
+        assert_eq!(p.procs[0].mmap_bytes, 5000);
+        assert_eq!(p.forget_mmaps, vec![key]);
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub struct CgroupResolver {
 impl CgroupResolver {
     pub fn new() -> Self {
         Self {
-            root: cgroup2_mount(),
+            root: crate::sysinfo::cgroup2_mount(),
             by_id: HashMap::new(),
             last_scan: None,
             rescan_every: Duration::from_secs(5),
@@ -125,19 +125,6 @@ impl Default for CgroupResolver {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
-/// on hybrid hosts).
-fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
 }
 
 #[cfg(test)]

@@ -5,20 +5,20 @@
 //! whole load, and dropping the half-built `Ebpf` detaches whatever was
 //! attached: the sensor is either fully attached or not at all.
 
-use std::path::Path;
+use std::{fs::File, path::Path};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr},
     Btf, Ebpf, EbpfLoader,
 };
 use sensor_common::{
-    counter, maps as names, maps::programs, ExtKey, FileKey, InodeKey, Offsets, ProcCounters,
-    ProcInfo, RuntimeConfig, SendCounters, SendKey,
+    counter, maps as names, maps::programs, ExtKey, FileKey, InodeKey, MmapInfo, MmapKey,
+    ProcCounters, ProcInfo, RuntimeConfig, SendCounters, SendKey,
 };
 
-use crate::{offsets, watch::WatchSet};
+use crate::{offsets, sysinfo, watch::WatchSet};
 
 /// The eBPF object, built by `build.rs` from `sensor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -27,38 +27,77 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSpec {
     pub program: &'static str,
-    /// `tp_btf` tracepoint name.
+    /// `tp_btf/<tracepoint>` or `cgroup/<attach type>` (on the cgroup v2 root).
     pub hook: &'static str,
     pub capability: &'static str,
-    /// Without it the agent refuses to run.
+    /// Without it the agent refuses to run; without an optional one it warns
+    /// and exports `sensor_probe_info{...} 0`.
     pub required: bool,
+    /// Needs io_uring's structures in the kernel BTF.
+    pub needs_io_uring: bool,
 }
 
-pub const PROBES: [ProbeSpec; 4] = [
+const fn probe(
+    program: &'static str,
+    hook: &'static str,
+    capability: &'static str,
+    required: bool,
+) -> ProbeSpec {
     ProbeSpec {
-        program: programs::FILE_SYS_EXIT,
-        hook: "sys_exit",
-        capability: "file_read",
-        required: true,
-    },
+        program,
+        hook,
+        capability,
+        required,
+        needs_io_uring: false,
+    }
+}
+
+pub const PROBES: [ProbeSpec; 7] = [
+    probe(
+        programs::FILE_SYS_EXIT,
+        "tp_btf/sys_exit",
+        "file_read",
+        true,
+    ),
     ProbeSpec {
-        program: programs::NET_SOCK_SEND_LENGTH,
-        hook: "sock_send_length",
-        capability: "socket_send",
-        required: true,
+        needs_io_uring: true,
+        ..probe(
+            programs::FILE_IO_URING_COMPLETE,
+            "tp_btf/io_uring_complete",
+            "file_read_io_uring",
+            false,
+        )
     },
-    ProbeSpec {
-        program: programs::PROCESS_EXIT,
-        hook: "sched_process_exit",
-        capability: "process_exit",
-        required: true,
-    },
-    ProbeSpec {
-        program: programs::PROCESS_EXEC,
-        hook: "sched_process_exec",
-        capability: "process_exec",
-        required: false,
-    },
+    probe(
+        programs::NET_SOCK_SEND_LENGTH,
+        "tp_btf/sock_send_length",
+        "socket_send",
+        true,
+    ),
+    probe(
+        programs::NET_CGROUP_SENDMSG4,
+        "cgroup/sendmsg4",
+        "udp_destination_ipv4",
+        false,
+    ),
+    probe(
+        programs::NET_CGROUP_SENDMSG6,
+        "cgroup/sendmsg6",
+        "udp_destination_ipv6",
+        false,
+    ),
+    probe(
+        programs::PROCESS_EXIT,
+        "tp_btf/sched_process_exit",
+        "process_exit",
+        true,
+    ),
+    probe(
+        programs::PROCESS_EXEC,
+        "tp_btf/sched_process_exec",
+        "process_exec",
+        false,
+    ),
 ];
 
 /// What happened to one program.
@@ -86,9 +125,9 @@ pub struct Sensor {
 impl Sensor {
     /// Loads the programs, fills the watch tables and attaches everything.
     pub fn load(watch: &WatchSet, capacity: Capacity) -> anyhow::Result<Self> {
-        let mut ebpf = open(capacity)?;
+        let (mut ebpf, resolved) = open(capacity)?;
         fill_watch_tables(&mut ebpf, watch)?;
-        let probes = attach_all(&mut ebpf)?;
+        let probes = attach_all(&mut ebpf, &resolved)?;
         if let Some(failed) = probes.iter().find(|p| p.spec.required && p.result.is_err()) {
             let reason = failed.result.clone().err().unwrap_or_default();
             return Err(anyhow!(
@@ -110,10 +149,10 @@ impl Sensor {
     /// Tries each program on its own (for `sensor check`); never fails as a whole
     /// once the object loads.
     pub fn probe_each() -> anyhow::Result<Vec<ProbeStatus>> {
-        let mut ebpf = open(Capacity {
+        let (mut ebpf, resolved) = open(Capacity {
             processes: names::DEFAULT_MAX_PROCS,
         })?;
-        attach_all(&mut ebpf)
+        attach_all(&mut ebpf, &resolved)
     }
 
     /// Makes the kernel recompute every cached watched decision (after the
@@ -184,6 +223,12 @@ impl Sensor {
             .collect())
     }
 
+    pub fn read_mmaps(&self) -> anyhow::Result<Vec<(MmapKey, MmapInfo)>> {
+        let map: HashMap<&MapData, MmapKey, MmapInfo> =
+            HashMap::try_from(map(&self.ebpf, names::WATCHED_MMAPS)?)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
     /// Cumulative `COUNTERS`, by index.
     pub fn read_lost(&self) -> anyhow::Result<[u64; counter::COUNT as usize]> {
         let map: PerCpuArray<&MapData, u64> =
@@ -201,35 +246,36 @@ impl Sensor {
         tgids: &[u32],
         sends: &[SendKey],
         files: &[FileKey],
+        mmaps: &[MmapKey],
     ) -> anyhow::Result<()> {
-        {
-            let mut m: PerCpuHashMap<&mut MapData, u32, ProcCounters> =
-                PerCpuHashMap::try_from(map_mut(&mut self.ebpf, names::PROC_STATS)?)?;
-            for t in tgids {
-                let _ = m.remove(t);
-            }
-        }
-        {
-            let mut m: HashMap<&mut MapData, u32, ProcInfo> =
-                HashMap::try_from(map_mut(&mut self.ebpf, names::PROC_INFO)?)?;
-            for t in tgids {
-                let _ = m.remove(t);
-            }
-        }
-        {
-            let mut m: PerCpuHashMap<&mut MapData, SendKey, SendCounters> =
-                PerCpuHashMap::try_from(map_mut(&mut self.ebpf, names::SEND_STATS)?)?;
-            for k in sends {
-                let _ = m.remove(k);
-            }
-        }
-        let mut m: PerCpuHashMap<&mut MapData, FileKey, u64> =
-            PerCpuHashMap::try_from(map_mut(&mut self.ebpf, names::FILE_STATS)?)?;
-        for k in files {
-            let _ = m.remove(k);
-        }
-        Ok(())
+        let ebpf = &mut self.ebpf;
+        remove_per_cpu::<u32, ProcCounters>(ebpf, names::PROC_STATS, tgids)?;
+        remove::<u32, ProcInfo>(ebpf, names::PROC_INFO, tgids)?;
+        remove_per_cpu::<SendKey, SendCounters>(ebpf, names::SEND_STATS, sends)?;
+        remove_per_cpu::<FileKey, u64>(ebpf, names::FILE_STATS, files)?;
+        remove::<MmapKey, MmapInfo>(ebpf, names::WATCHED_MMAPS, mmaps)
     }
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str, keys: &[K]) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for k in keys {
+        // Already gone is fine.
+        let _ = m.remove(k);
+    }
+    Ok(())
+}
+
+fn remove_per_cpu<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    keys: &[K],
+) -> anyhow::Result<()> {
+    let mut m: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(map_mut(ebpf, name)?)?;
+    for k in keys {
+        let _ = m.remove(k);
+    }
+    Ok(())
 }
 
 fn map<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a aya::maps::Map> {
@@ -244,25 +290,30 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::ma
 
 /// Loads the object with this kernel's offsets and the map sizes (programs
 /// are not loaded into the kernel yet).
-fn open(capacity: Capacity) -> anyhow::Result<Ebpf> {
+fn open(capacity: Capacity) -> anyhow::Result<(Ebpf, offsets::Resolved)> {
     raise_memlock_limit();
-    let offsets: Offsets = offsets::resolve_offsets(Path::new(offsets::VMLINUX_BTF))?;
+    let resolved = offsets::resolve_offsets(Path::new(offsets::VMLINUX_BTF))?;
     let procs = capacity.processes;
-    EbpfLoader::new()
-        .override_global(names::OFFSETS_GLOBAL, &offsets, true)
+    let ebpf = EbpfLoader::new()
+        .override_global(names::OFFSETS_GLOBAL, &resolved.offsets, true)
         .map_max_entries(names::PROC_STATS, procs)
         .map_max_entries(names::PROC_INFO, procs)
         .map_max_entries(names::FILE_STATS, procs)
         .map_max_entries(names::SEND_STATS, procs.saturating_mul(2))
+        .map_max_entries(names::WATCHED_MMAPS, procs)
         .load(EBPF_OBJECT)
-        .context("loading the eBPF object (maps)")
+        .context("loading the eBPF object (maps)")?;
+    Ok((ebpf, resolved))
 }
 
-fn attach_all(ebpf: &mut Ebpf) -> anyhow::Result<Vec<ProbeStatus>> {
+fn attach_all(ebpf: &mut Ebpf, resolved: &offsets::Resolved) -> anyhow::Result<Vec<ProbeStatus>> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF for attach points")?;
     let mut out = Vec::new();
     for spec in PROBES {
-        let result = attach_one(ebpf, &btf, &spec).map_err(|e| format!("{e:#}"));
+        let result = match (&resolved.io_uring_missing, spec.needs_io_uring) {
+            (Some(why), true) => Err(format!("io_uring not in this kernel: {why}")),
+            _ => attach_one(ebpf, &btf, &spec).map_err(|e| format!("{e:#}")),
+        };
         match &result {
             Ok(()) => tracing::info!(program = spec.program, hook = spec.hook, "attached"),
             Err(reason) => {
@@ -275,12 +326,29 @@ fn attach_all(ebpf: &mut Ebpf) -> anyhow::Result<Vec<ProbeStatus>> {
 }
 
 fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProbeSpec) -> anyhow::Result<()> {
-    let program: &mut BtfTracePoint = ebpf
+    let program = ebpf
         .program_mut(spec.program)
-        .ok_or_else(|| anyhow!("eBPF object has no program {}", spec.program))?
-        .try_into()?;
-    program.load(spec.hook, btf).context("load")?;
-    program.attach().context("attach")?;
+        .ok_or_else(|| anyhow!("eBPF object has no program {}", spec.program))?;
+    match spec.hook.split_once('/') {
+        Some(("tp_btf", tracepoint)) => {
+            let program: &mut BtfTracePoint = program.try_into()?;
+            program.load(tracepoint, btf).context("load")?;
+            program.attach().context("attach")?;
+        }
+        Some(("cgroup", _)) => {
+            let root = sysinfo::cgroup2_mount().ok_or_else(|| anyhow!("no cgroup v2 mount"))?;
+            let cgroup =
+                File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+            let program: &mut CgroupSockAddr = program.try_into()?;
+            program.load().context("load")?;
+            // As a bpf_link (5.7+): other tools' programs on the root keep
+            // running beside ours; link_create refuses the ALLOW_MULTI flag.
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .context("attach")?;
+        }
+        _ => return Err(anyhow!("unknown hook kind {}", spec.hook)),
+    }
     Ok(())
 }
 

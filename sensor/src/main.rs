@@ -13,6 +13,7 @@ mod labels;
 mod loader;
 mod metrics;
 mod offsets;
+mod resident;
 mod size;
 mod sysinfo;
 mod watch;

@@ -172,6 +172,7 @@ mod tests {
             read_bytes: 100,
             watched_read_bytes: 60,
             sent_bytes: 30,
+            mmap_bytes: 0,
             total: ProcCounters::default(),
             exited: false,
         });

@@ -33,15 +33,33 @@ pub enum OffsetError {
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Reads the kernel BTF and resolves every offset of [`Offsets`].
-pub fn resolve_offsets(path: &Path) -> Result<Offsets, OffsetError> {
+/// The offsets, and which optional kernel features they could not be found for.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub offsets: Offsets,
+    /// Why io_uring's structures could not be resolved (no io_uring in this kernel).
+    pub io_uring_missing: Option<String>,
+}
+
+/// Reads the kernel BTF and resolves every offset of [`Offsets`]: the ones
+/// every program needs (an error when missing) and io_uring's (reported in
+/// [`Resolved::io_uring_missing`]).
+pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
     let btf = Btf::from_file(path).map_err(|source| OffsetError::Open {
         path: path.display().to_string(),
         source,
     })?;
     let r = Resolver { btf: &btf };
     let sid = r.enum_value("pid_type", "PIDTYPE_SID")?;
-    Ok(Offsets {
+    let io_uring = (|| -> Result<(u32, u32, u32), OffsetError> {
+        Ok((
+            r.member("io_kiocb", &["opcode"], 1)?,
+            r.member("io_kiocb", &["file"], 8)?,
+            r.member("io_uring_cqe", &["res"], 4)?,
+        ))
+    })();
+    let (req_opcode, req_file, cqe_res) = *io_uring.as_ref().unwrap_or(&(0, 0, 0));
+    let offsets = Offsets {
         magic: OFFSETS_MAGIC,
         task_files: r.member("task_struct", &["files"], 8)?,
         task_real_parent: r.member("task_struct", &["real_parent"], 8)?,
@@ -72,7 +90,16 @@ pub fn resolve_offsets(path: &Path) -> Result<Offsets, OffsetError> {
         sk_daddr: r.member("sock", &["__sk_common", "skc_daddr"], 4)?,
         sk_dport: r.member("sock", &["__sk_common", "skc_dport"], 2)?,
         sk_v6_daddr: r.member("sock", &["__sk_common", "skc_v6_daddr"], 16)?,
+        sk_cookie: r.member("sock", &["__sk_common", "skc_cookie"], 8)?,
+        inode_size: r.member("inode", &["i_size"], 8)?,
+        req_opcode,
+        req_file,
+        cqe_res,
         _pad: 0,
+    };
+    Ok(Resolved {
+        offsets,
+        io_uring_missing: io_uring.err().map(|e| e.to_string()),
     })
 }
 
@@ -216,8 +243,14 @@ mod tests {
     /// kernel, so this checks their consistency instead.
     #[test]
     fn resolves_running_kernel() {
-        let o =
+        let r =
             resolve_offsets(Path::new(VMLINUX_BTF)).expect("offsets from /sys/kernel/btf/vmlinux");
+        assert_eq!(r.io_uring_missing, None, "this kernel has io_uring");
+        let o = r.offsets;
+        // uapi: `struct io_uring_cqe { __u64 user_data; __s32 res; ... }`.
+        assert_eq!(o.cqe_res, 8);
+        // `io_kiocb` starts with its file (offset 0); the opcode comes later.
+        assert!(o.req_opcode > o.req_file && o.sk_cookie > 0 && o.inode_size > 0);
         assert_eq!(o.magic, OFFSETS_MAGIC);
         // `struct qstr { u32 hash; u32 len; } name` on little endian.
         assert_eq!(o.dentry_name_ptr - o.dentry_name_len, 4);

@@ -20,9 +20,12 @@ impl Agent {
     /// `ready` (programs attached, metrics served). Panics with its stderr
     /// if it exits or does not get ready in time.
     pub fn start(args: &[&str]) -> Agent {
-        let mut child = Command::new(crate::sensor_bin())
-            .arg("run")
-            .args(["--metrics-addr", "127.0.0.1:0", "--poll-interval-ms", "200"])
+        let mut cmd = Command::new(crate::sensor_bin());
+        cmd.arg("run").args(["--metrics-addr", "127.0.0.1:0"]);
+        if !args.contains(&"--poll-interval-ms") {
+            cmd.args(["--poll-interval-ms", "200"]);
+        }
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

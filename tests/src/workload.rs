@@ -19,9 +19,20 @@ fn links_dir() -> &'static tempfile::TempDir {
     })
 }
 
-/// The workload binary as `comm` (at most 15 characters, unique per test).
+/// The workload binary as `comm` (at most 15 characters). Metrics are
+/// cumulative per `comm`, so a name serves one workload run only (sinks,
+/// whose counts no test reads, excepted).
 pub fn program(comm: &str) -> PathBuf {
     assert!(comm.len() <= 15, "comm {comm} longer than 15 characters");
+    static USED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if !comm.contains("sink") {
+        let mut used = USED.lock().unwrap();
+        assert!(
+            !used.iter().any(|c| c == comm),
+            "comm {comm} used twice in this test binary: counts would mix"
+        );
+        used.push(comm.to_string());
+    }
     let target = crate::target_dir().join("sensor-workload");
     assert!(target.exists(), "{} not built", target.display());
     let link = links_dir().path().join(comm);

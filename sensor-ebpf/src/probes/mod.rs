@@ -1,6 +1,9 @@
 //! One hook per file; programs are named `<subsystem>_<hook>`.
 
+mod file_io_uring_complete;
 mod file_sys_exit;
+mod net_cgroup_sendmsg4;
+mod net_cgroup_sendmsg6;
 mod net_sock_send_length;
 mod process_exec;
 mod process_exit;

@@ -1,7 +1,7 @@
 //! Bytes accepted by sockets, per process and remote address.
 //!
 //! Hook: `tp_btf/sock_send_length`,
-//! `TP_PROTO(struct sock *sk, __s64 ret, int flags)`, fired by
+//! `TP_PROTO(struct sock *sk, int ret, int flags)`, fired by
 //! `sock_sendmsg_nosec` after every `sendmsg` of any socket family: write,
 //! writev, send, sendto, sendmsg, sendmmsg, sendfile/splice into a socket and
 //! io_uring sends all end there.
@@ -17,7 +17,7 @@ use sensor_common::{counter, maps, SendCounters, SendKey, AF_INET, AF_INET6, AF_
 use crate::{
     counters,
     kernel::{off, offsets_ready, read},
-    proc,
+    proc, udp_dest,
 };
 
 #[map(name = "SEND_STATS")]
@@ -34,7 +34,8 @@ pub fn net_sock_send_length(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
-    let ret: i64 = ctx.arg(1);
+    // An `int` in a u64 slot, zero-extended: negative errors must be read as i32.
+    let ret = ctx.arg::<u64>(1) as u32 as i32;
     if ret <= 0 || !offsets_ready() {
         return Ok(());
     }
@@ -59,6 +60,15 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
         }
         AF_UNIX => {}
         _ => return Ok(()),
+    }
+    if family != AF_UNIX && key.port == 0 && key.addr == [0; 16] {
+        // Unconnected UDP: the destination the cgroup hook saw for this socket.
+        let cookie: u64 = read(sk, off!(sk_cookie))?;
+        if let Some(dest) = udp_dest::take(cookie) {
+            key.family = dest.family;
+            key.port = dest.port;
+            key.addr = dest.addr;
+        }
     }
     let bytes = ret as u64;
     let c = proc::counters_of(tgid)?;

@@ -1,0 +1,50 @@
+//! Watched files mapped into memory. Page faults on a mapping are not
+//! syscalls, and on current kernels large folios are mapped by PMD without
+//! any tracepoint, so the kernel side records each mapping of a watched file
+//! (process, address, file, length); user space then reads how much of the
+//! mapping is resident in the process's page tables (the kernel's own
+//! accounting, `/proc/PID/smaps`).
+
+use aya_ebpf::{macros::map, maps::HashMap};
+use sensor_common::{counter, maps, MmapInfo, MmapKey};
+
+use crate::{
+    kernel::{off, read},
+    proc, reads, watch,
+};
+
+#[map(name = "WATCHED_MMAPS")]
+static WATCHED_MMAPS: HashMap<MmapKey, MmapInfo> =
+    HashMap::with_max_entries(maps::DEFAULT_MAX_FILES, 0);
+
+/// After `addr = mmap(_, len, _, _, fd, _)` succeeded on `file`.
+#[inline(always)]
+pub fn on_mmap(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
+    let Some((inode, key)) = reads::regular_file_inode(file)? else {
+        return Ok(());
+    };
+    if !watch::is_watched(file, &key)? {
+        return Ok(());
+    }
+    let size: i64 = read(inode, off!(inode_size))?;
+    let tgid = proc::current_tgid();
+    // Gives the process an identity for user space.
+    proc::counters_of(tgid)?;
+    let info = MmapInfo {
+        dev: key.dev,
+        _pad: 0,
+        ino: key.ino,
+        len: len.min(size.max(0) as u64),
+    };
+    WATCHED_MMAPS
+        .insert(
+            MmapKey {
+                tgid,
+                _pad: 0,
+                addr,
+            },
+            info,
+            0,
+        )
+        .map_err(|_| counter::MMAP_MAP_FULL)
+}

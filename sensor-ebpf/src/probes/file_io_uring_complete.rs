@@ -1,0 +1,50 @@
+//! Bytes read from regular files by io_uring, which bypasses the syscall
+//! layer: IORING_OP_READ, IORING_OP_READV and IORING_OP_READ_FIXED.
+//!
+//! Hook: `tp_btf/io_uring_complete`,
+//! `TP_PROTO(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe)`
+//! (5.19+), fired when the completion is posted, in the submitting process
+//! (its task or one of its io-wq / SQPOLL threads).
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::{
+    counters,
+    kernel::{off, offsets_ready, read, read_ptr},
+    reads,
+};
+
+/// `IORING_OP_*` values (uapi).
+const IORING_OP_READV: u8 = 1;
+const IORING_OP_READ_FIXED: u8 = 4;
+const IORING_OP_READ: u8 = 22;
+
+#[btf_tracepoint(function = "io_uring_complete")]
+pub fn file_io_uring_complete(ctx: BtfTracePointContext) -> i32 {
+    if let Err(reason) = try_file_io_uring_complete(&ctx) {
+        counters::bump(reason);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_file_io_uring_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
+    if !offsets_ready() {
+        return Ok(());
+    }
+    let req: *const u8 = ctx.arg(1);
+    let cqe: *const u8 = ctx.arg(2);
+    let res: i32 = read(cqe, off!(cqe_res))?;
+    if res <= 0 {
+        return Ok(());
+    }
+    let opcode: u8 = read(req, off!(req_opcode))?;
+    if opcode != IORING_OP_READ && opcode != IORING_OP_READV && opcode != IORING_OP_READ_FIXED {
+        return Ok(());
+    }
+    let file = read_ptr(req, off!(req_file))?;
+    if file.is_null() {
+        return Ok(());
+    }
+    reads::count_file_read(file, res as u64)
+}

@@ -1,0 +1,186 @@
+//! Ways to take bytes out of a file.
+
+use std::{
+    fs::File,
+    io::Result,
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+};
+
+use crate::{check, die, report, Args};
+
+/// `read --file F --bs N --mode read|pread|readv|preadv|preadv2|odirect`
+pub fn read(a: &Args) -> Result<()> {
+    let mode = a.opt("mode").unwrap_or("read");
+    let bs = a.num("bs") as usize;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    if mode == "odirect" {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let f = opts.open(a.str("file"))?;
+    let fd = f.as_raw_fd();
+    // O_DIRECT needs an aligned buffer: over-allocate and align to 4 KiB.
+    let mut storage = vec![0u8; bs + 4096];
+    let shift = storage.as_ptr().align_offset(4096);
+    let buf = &mut storage[shift..shift + bs];
+    let mut total = 0u64;
+    loop {
+        let p = buf.as_mut_ptr().cast::<libc::c_void>();
+        let iov = [
+            libc::iovec {
+                iov_base: p,
+                iov_len: bs / 2,
+            },
+            libc::iovec {
+                iov_base: p.wrapping_add(bs / 2),
+                iov_len: bs - bs / 2,
+            },
+        ];
+        let off = total as libc::off_t;
+        // SAFETY: buffers are valid for their lengths; fd is open.
+        let n = check(unsafe {
+            match mode {
+                "read" | "odirect" => libc::read(fd, p, bs),
+                "pread" => libc::pread(fd, p, bs, off),
+                "readv" => libc::readv(fd, iov.as_ptr(), 2),
+                "preadv" => libc::preadv(fd, iov.as_ptr(), 2, off),
+                "preadv2" => libc::preadv2(fd, iov.as_ptr(), 2, off, libc::RWF_HIPRI),
+                _ => die("unknown --mode"),
+            }
+        })?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    report(&[("read_bytes", total)]);
+    Ok(())
+}
+
+/// `mmap --file F --touch N [--hold-ms M]`: map the whole file, read one
+/// byte of each 4 KiB page of the first N bytes, optionally keep the mapping.
+pub fn mmap(a: &Args) -> Result<()> {
+    let f = File::open(a.str("file"))?;
+    let len = f.metadata()?.len() as usize;
+    let touch = (a.num("touch") as usize).min(len);
+    // SAFETY: a fresh read-only shared mapping of an open file.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let base = p.cast::<u8>();
+    let mut sum = 0u64;
+    let mut pages = 0u64;
+    for off in (0..touch).step_by(4096) {
+        // SAFETY: off < len, inside the mapping.
+        sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(base.add(off)) } as u64);
+        pages += 1;
+    }
+    std::hint::black_box(sum);
+    report(&[
+        ("touched_bytes", pages * 4096),
+        ("mapped_bytes", len as u64),
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(a.num_or("hold-ms", 0)));
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    Ok(())
+}
+
+/// `copy-file-range --file F --out G`
+pub fn copy_file_range(a: &Args) -> Result<()> {
+    let src = File::open(a.str("file"))?;
+    let dst = File::create(a.str("out"))?;
+    let mut total = 0u64;
+    loop {
+        // SAFETY: valid fds, null offsets (use the file positions).
+        let n = check(unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                1 << 24,
+                0,
+            )
+        } as isize)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    report(&[("read_bytes", total)]);
+    Ok(())
+}
+
+/// `sendfile-file --file F --out G`: sendfile(2) from a file into a file.
+pub fn sendfile_to_file(a: &Args) -> Result<()> {
+    let src = File::open(a.str("file"))?;
+    let dst = File::create(a.str("out"))?;
+    let total = sendfile_all(src.as_raw_fd(), dst.as_raw_fd())?;
+    report(&[("read_bytes", total)]);
+    Ok(())
+}
+
+/// sendfile(2) until EOF; returns the bytes it reported.
+pub fn sendfile_all(in_fd: i32, out_fd: i32) -> Result<u64> {
+    let mut total = 0u64;
+    loop {
+        // SAFETY: valid fds, null offset.
+        let n = check(unsafe { libc::sendfile(out_fd, in_fd, std::ptr::null_mut(), 1 << 20) })?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
+}
+
+/// `splice-pipe --file F`: splice(2) the file into a pipe, drained by
+/// reading the pipe (pipe reads are not file reads).
+pub fn splice_to_pipe(a: &Args) -> Result<()> {
+    let src = File::open(a.str("file"))?;
+    let (r, w) = pipe()?;
+    let mut total = 0u64;
+    let mut sink = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: valid fds, null offsets.
+        let n = check(unsafe {
+            libc::splice(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                w,
+                std::ptr::null_mut(),
+                1 << 16,
+                0,
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        let mut left = n;
+        while left > 0 {
+            // SAFETY: valid buffer and fd.
+            left -=
+                check(unsafe { libc::read(r, sink.as_mut_ptr().cast(), left.min(sink.len())) })?;
+        }
+    }
+    report(&[("read_bytes", total)]);
+    Ok(())
+}
+
+pub fn pipe() -> Result<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for two descriptors.
+    check(unsafe { libc::pipe(fds.as_mut_ptr()) } as isize)?;
+    Ok((fds[0], fds[1]))
+}

@@ -1,0 +1,90 @@
+//! Workloads for the integration tests. Each knows its own byte counts (the
+//! ground truth: what its own calls returned) and prints them as one JSON
+//! line when done. Run through a symlink so the test picks the `comm`.
+
+mod files;
+mod net;
+mod uring;
+
+use std::collections::HashMap;
+
+/// `--key value` arguments.
+pub struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse(raw: &[String]) -> Args {
+        let mut map = HashMap::new();
+        let mut it = raw.iter();
+        while let Some(k) = it.next() {
+            if let Some(k) = k.strip_prefix("--") {
+                map.insert(k.to_string(), it.next().cloned().unwrap_or_default());
+            }
+        }
+        Args(map)
+    }
+
+    pub fn str(&self, k: &str) -> &str {
+        self.0
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| die(&format!("missing --{k}")))
+    }
+
+    pub fn opt(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    pub fn num(&self, k: &str) -> u64 {
+        self.str(k)
+            .parse()
+            .unwrap_or_else(|_| die(&format!("--{k} must be a number")))
+    }
+
+    pub fn num_or(&self, k: &str, default: u64) -> u64 {
+        self.opt(k).map(|_| self.num(k)).unwrap_or(default)
+    }
+}
+
+pub fn die(msg: &str) -> ! {
+    eprintln!("sensor-workload: {msg}");
+    std::process::exit(2)
+}
+
+/// Prints the ground truth: `{"read_bytes": n, ...}`.
+pub fn report(pairs: &[(&str, u64)]) {
+    let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    println!("{{{}}}", body.join(","));
+}
+
+/// A libc call's result, as `io::Result`.
+pub fn check(ret: isize) -> std::io::Result<usize> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+fn main() {
+    let raw: Vec<String> = std::env::args().collect();
+    let cmd = raw.get(1).map(String::as_str).unwrap_or("");
+    let args = Args::parse(raw.get(2..).unwrap_or(&[]));
+    let result = match cmd {
+        "read" => files::read(&args),
+        "mmap" => files::mmap(&args),
+        "copy-file-range" => files::copy_file_range(&args),
+        "sendfile-file" => files::sendfile_to_file(&args),
+        "splice-pipe" => files::splice_to_pipe(&args),
+        "uring-read" => uring::read(&args),
+        "tcp-send" => net::tcp_send(&args),
+        "udp-send" => net::udp_send(&args),
+        "unix-send" => net::unix_send(&args),
+        "tcp-sink" => net::tcp_sink(&args),
+        "udp-sink" => net::udp_sink(&args),
+        "unix-sink" => net::unix_sink(&args),
+        _ => die("usage: read|mmap|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink --key value ..."),
+    };
+    if let Err(e) = result {
+        die(&format!("{cmd}: {e}"));
+    }
+}
