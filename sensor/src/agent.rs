@@ -11,16 +11,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    alerts::Sinks,
     cli::RunArgs,
-    collect::{Collector, Snapshot},
     config::Config,
-    container::CgroupResolver,
-    destination::Classifier,
     failure::Failure,
     http,
     loader::{Capacity, Sensor},
     metrics::Metrics,
-    resident, sysinfo,
+    pipeline::Pipeline,
+    sysinfo,
     watch::WatchSet,
 };
 
@@ -48,22 +47,30 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
+    let metrics = Metrics::new(cfg.max_comm_labels, &sysinfo::kernel_release())
+        .context("creating metrics")?;
+    let sinks = Sinks::new(
+        cfg.alerts_file.as_deref(),
+        cfg.alertmanager_url.as_deref(),
+        format!("http://{metrics_addr}/metrics"),
+        metrics.sink_errors.clone(),
+        metrics.sink_dropped.clone(),
+    )?;
     let mut sensor = Sensor::load(
         &watch,
         Capacity {
             processes: cfg.max_processes,
         },
     )?;
-    let kernel = sysinfo::kernel_release();
-    let mut metrics = Metrics::new(cfg.max_comm_labels, &kernel).context("creating metrics")?;
     for p in &sensor.probes {
         metrics.set_probe(p.spec.capability, p.spec.hook, p.result.is_ok());
     }
+    let mut pipeline = Pipeline::new(&cfg, metrics, sinks);
 
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
-        metrics.registry.clone(),
+        pipeline.metrics.registry.clone(),
         shutdown.clone(),
     ));
     tracing::info!(
@@ -72,9 +79,6 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         "ready"
     );
 
-    let classifier = Classifier::new(cfg.trusted_cidr.clone());
-    let mut containers = CgroupResolver::new();
-    let mut collector = Collector::default();
     let mut ticker = tokio::time::interval(cfg.poll_interval);
     let mut last_refresh = Instant::now();
     loop {
@@ -83,59 +87,17 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
-        poll_once(
-            &mut sensor,
-            &mut collector,
-            &mut metrics,
-            &mut containers,
-            &classifier,
-        )?;
+        pipeline.poll(&mut sensor)?;
         if last_refresh.elapsed() >= WATCH_REFRESH {
             sensor.bump_generation()?;
             last_refresh = Instant::now();
         }
     }
     // Count what moved since the last tick, then detach.
-    poll_once(
-        &mut sensor,
-        &mut collector,
-        &mut metrics,
-        &mut containers,
-        &classifier,
-    )?;
+    pipeline.poll(&mut sensor)?;
     shutdown.cancel();
     drop(sensor);
     tracing::info!("programs detached, exiting");
     let _ = server.await;
-    Ok(())
-}
-
-fn poll_once(
-    sensor: &mut Sensor,
-    collector: &mut Collector,
-    metrics: &mut Metrics,
-    containers: &mut CgroupResolver,
-    classifier: &Classifier,
-) -> anyhow::Result<()> {
-    let mmaps = sensor.read_mmaps()?;
-    let snapshot = Snapshot {
-        counters: sensor.read_counters()?,
-        infos: sensor.read_infos()?,
-        sends: sensor.read_sends()?,
-        files: sensor.read_files()?,
-        resident: resident::sample_all(&mmaps),
-        mmaps,
-        lost: sensor.read_lost()?,
-    };
-    let poll = collector.ingest(snapshot, sysinfo::process_exists);
-    metrics.record(&poll, containers, classifier);
-    if !poll.forget_tgids.is_empty() || !poll.forget_mmaps.is_empty() {
-        sensor.forget(
-            &poll.forget_tgids,
-            &poll.forget_sends,
-            &poll.forget_files,
-            &poll.forget_mmaps,
-        )?;
-    }
     Ok(())
 }

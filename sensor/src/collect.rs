@@ -34,6 +34,9 @@ pub struct Identity {
     pub sid: u32,
     pub uid: u32,
     pub cgroup_id: u64,
+    /// Kernel time the process was first counted: with `tgid`, names the
+    /// process even after its pid is reused.
+    pub first_seen_ns: u64,
     /// Command name; `?` when the kernel could not record it.
     pub comm: String,
 }
@@ -47,6 +50,7 @@ impl Identity {
                 sid: i.sid,
                 uid: i.uid,
                 cgroup_id: i.cgroup_id,
+                first_seen_ns: i.first_seen_ns,
                 comm: comm_string(&i.comm),
             },
             None => Identity {
@@ -55,6 +59,7 @@ impl Identity {
                 sid: 0,
                 uid: 0,
                 cgroup_id: 0,
+                first_seen_ns: 0,
                 comm: "?".into(),
             },
         }

@@ -37,6 +37,15 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Address and port as an alert shows them.
+    pub fn addr_port(&self) -> (String, u16) {
+        match self {
+            Self::Ip(ip, port) => (ip.to_string(), *port),
+            Self::Unknown => ("unknown".into(), 0),
+            Self::Unix => ("unix".into(), 0),
+        }
+    }
+
     /// Decodes `SendKey`'s family, network-order address and host-order port.
     pub fn from_kernel(family: u16, addr: [u8; 16], port: u16) -> Option<Self> {
         match family {

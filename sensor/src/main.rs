@@ -1,18 +1,23 @@
 //! `sensor`: the agent and its command line.
 
 mod agent;
+mod alerts;
 mod check;
 mod cli;
 mod collect;
 mod config;
 mod container;
 mod destination;
+mod detect;
 mod failure;
 mod http;
 mod labels;
 mod loader;
 mod metrics;
 mod offsets;
+mod paths;
+mod pipeline;
+mod procmeta;
 mod resident;
 mod size;
 mod sysinfo;

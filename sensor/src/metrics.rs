@@ -13,8 +13,12 @@ pub struct Metrics {
     pub registry: Registry,
     file_read: IntCounterVec,
     socket_send: IntCounterVec,
+    alerts: IntCounterVec,
+    pub sink_errors: IntCounterVec,
+    pub sink_dropped: IntCounterVec,
     lost: IntCounterVec,
     tracked: IntGauge,
+    pub detector_actors: IntGauge,
     probe_info: IntGaugeVec,
     comms: LabelFolder,
 }
@@ -38,6 +42,21 @@ impl Metrics {
             "Bytes sent on sockets, by destination class (loopback, local = UNIX domain, trusted, untrusted).",
             &["comm", "container", "destination"],
         )?;
+        let alerts = counter_vec(
+            "sensor_alerts_total",
+            "Alerts raised, by rule.",
+            &["rule", "comm", "container"],
+        )?;
+        let sink_errors = counter_vec(
+            "sensor_alert_sink_errors_total",
+            "Alerts a sink failed to deliver (stdout, file, alertmanager after retries).",
+            &["sink"],
+        )?;
+        let sink_dropped = counter_vec(
+            "sensor_alerts_dropped_total",
+            "Alerts dropped because a sink's queue was full.",
+            &["sink"],
+        )?;
         let lost = counter_vec(
             "sensor_lost_events_total",
             "Reads or sends the kernel side could not count, by reason.",
@@ -51,6 +70,11 @@ impl Metrics {
             "Processes the kernel maps hold counts for.",
         )?;
         registry.register(Box::new(tracked.clone()))?;
+        let detector_actors = IntGauge::new(
+            "sensor_detector_actors",
+            "Actors (processes, sessions, containers) with activity in the detection window.",
+        )?;
+        registry.register(Box::new(detector_actors.clone()))?;
         let build = IntGaugeVec::new(
             Opts::new(
                 "sensor_build_info",
@@ -74,8 +98,12 @@ impl Metrics {
             registry,
             file_read,
             socket_send,
+            alerts,
+            sink_errors,
+            sink_dropped,
             lost,
             tracked,
+            detector_actors,
             probe_info,
             comms: LabelFolder::new(max_comm_labels),
         })
@@ -85,6 +113,13 @@ impl Metrics {
         self.probe_info
             .with_label_values(&[capability, hook])
             .set(attached as i64);
+    }
+
+    pub fn count_alert(&mut self, rule: &str, comm: &str, container: &str) {
+        let comm = self.comms.fold(comm);
+        self.alerts
+            .with_label_values(&[rule, comm, container])
+            .inc();
     }
 
     /// Adds one poll's deltas.
@@ -164,6 +199,7 @@ mod tests {
                 sid: 5,
                 uid: 0,
                 cgroup_id: 0,
+                first_seen_ns: 0,
                 comm: "we\"ird\\na\nme".into(),
             },
         );

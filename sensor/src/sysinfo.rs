@@ -9,6 +9,20 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The node name alerts carry: `NODE_NAME` (the Kubernetes downward API) if
+/// set, else the kernel's hostname.
+pub fn hostname() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub fn process_exists(tgid: u32) -> bool {
     Path::new(&format!("/proc/{tgid}")).exists()
 }

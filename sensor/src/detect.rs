@@ -1,0 +1,549 @@
+//! Rule `read_then_send`, evaluated over a sliding window per actor: a
+//! process, a session (a shell pipeline shares one) or a container. Pure:
+//! activity in, alerts out; no I/O, no kernel, no clock of its own.
+//!
+//! An actor alerts when, within the window, it read at least
+//! `min_read_bytes` from watched files, sent at least `min_send_bytes` to
+//! untrusted destinations, and sent/read is at least `min_send_ratio`.
+//! One alert per actor per window; within the window it alerts again only
+//! when its untrusted bytes at least doubled since its last alert
+//! (escalation). A session or container alerts only when none of its
+//! processes (and, for a container, none of its sessions) already did: the
+//! narrowest actor that explains the flow is the one reported.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use sensor_common::InodeKey;
+
+use crate::{
+    collect::Identity,
+    config::DetectConfig,
+    destination::{DestClass, Endpoint},
+};
+
+pub const RULE_READ_THEN_SEND: &str = "read_then_send";
+
+/// What one process did since the previous poll.
+#[derive(Clone, Debug)]
+pub struct Activity {
+    pub identity: Identity,
+    /// Container id, empty on the host.
+    pub container: String,
+    pub watched_read: u64,
+    pub files: Vec<(InodeKey, u64)>,
+    pub sends: Vec<(Endpoint, DestClass, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Process,
+    Session,
+    Container,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Process => "process",
+            Scope::Session => "session",
+            Scope::Container => "container",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActorKey {
+    /// tgid and first-seen time (a reused pid is another process).
+    Process(u32, u64),
+    Session(u32),
+    Container(String),
+}
+
+impl ActorKey {
+    fn scope(&self) -> Scope {
+        match self {
+            ActorKey::Process(..) => Scope::Process,
+            ActorKey::Session(_) => Scope::Session,
+            ActorKey::Container(_) => Scope::Container,
+        }
+    }
+}
+
+/// A raised alert, before rendering (paths, exe, host are added by `alerts`).
+#[derive(Clone, Debug)]
+pub struct Alert {
+    pub rule: &'static str,
+    pub scope: Scope,
+    /// The process that sent the most untrusted bytes in the window.
+    pub process: Identity,
+    pub container: String,
+    pub window_s: u64,
+    pub watched_read_bytes: u64,
+    /// Bytes sent to untrusted destinations in the window.
+    pub sent_bytes: u64,
+    /// Watched files by bytes read, most first (at most 10).
+    pub top_files: Vec<(InodeKey, u64)>,
+    /// Destinations by bytes, untrusted first, then most bytes (at most 10).
+    pub destinations: Vec<(Endpoint, DestClass, u64)>,
+    /// Every process of the actor active in the window.
+    pub pids: Vec<u32>,
+}
+
+/// One slice of an actor's window.
+#[derive(Debug, Default)]
+struct Bucket {
+    start: u64,
+    watched_read: u64,
+    untrusted_sent: u64,
+    files: HashMap<InodeKey, u64>,
+    dests: HashMap<(Endpoint, DestClass), u64>,
+    /// Untrusted bytes by process, to name the sender.
+    senders: HashMap<u32, u64>,
+    pids: HashSet<u32>,
+}
+
+#[derive(Debug, Default)]
+struct ActorState {
+    buckets: VecDeque<Bucket>,
+    /// Latest identity of each process seen (for the alert's process fields).
+    identities: HashMap<u32, Identity>,
+    /// Sessions and containers the actor's processes belong to.
+    sessions: HashSet<u32>,
+    container: String,
+    last_alert: Option<(u64, u64)>,
+}
+
+impl ActorState {
+    fn sums(&self) -> (u64, u64) {
+        self.buckets.iter().fold((0, 0), |(r, s), b| {
+            (r + b.watched_read, s + b.untrusted_sent)
+        })
+    }
+
+    fn alerted_since(&self, t: u64) -> bool {
+        self.last_alert.is_some_and(|(at, _)| at >= t)
+    }
+}
+
+pub struct Detector {
+    cfg: DetectConfig,
+    bucket_secs: u64,
+    actors: BTreeMap<ActorKey, ActorState>,
+}
+
+impl Detector {
+    pub fn new(cfg: DetectConfig) -> Self {
+        // Sixty slices a window, at least a second each.
+        let bucket_secs = (cfg.window.as_secs() / 60).max(1);
+        Self {
+            cfg,
+            bucket_secs,
+            actors: BTreeMap::new(),
+        }
+    }
+
+    /// Number of actors with activity in the window (memory is bounded by it).
+    pub fn actors(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// Adds one poll's activity at `now` (seconds on a monotonic clock) and
+    /// returns the alerts it raises.
+    pub fn observe(&mut self, now: u64, activity: &[Activity]) -> Vec<Alert> {
+        let bucket_start = now - now % self.bucket_secs;
+        for a in activity {
+            let untrusted: u64 = a
+                .sends
+                .iter()
+                .filter(|(_, c, _)| *c == DestClass::Untrusted)
+                .map(|(_, _, b)| b)
+                .sum();
+            if a.watched_read == 0 && untrusted == 0 && a.sends.is_empty() {
+                continue;
+            }
+            for key in actor_keys(a) {
+                let state = self.actors.entry(key).or_default();
+                if state.buckets.back().is_none_or(|b| b.start != bucket_start) {
+                    state.buckets.push_back(Bucket {
+                        start: bucket_start,
+                        ..Default::default()
+                    });
+                }
+                let b = state.buckets.back_mut().expect("bucket just ensured");
+                b.watched_read += a.watched_read;
+                b.untrusted_sent += untrusted;
+                b.pids.insert(a.identity.tgid);
+                if untrusted > 0 {
+                    *b.senders.entry(a.identity.tgid).or_default() += untrusted;
+                }
+                for (inode, bytes) in &a.files {
+                    *b.files.entry(*inode).or_default() += bytes;
+                }
+                for (ep, class, bytes) in &a.sends {
+                    *b.dests.entry((*ep, *class)).or_default() += bytes;
+                }
+                state.identities.insert(a.identity.tgid, a.identity.clone());
+                state.sessions.insert(a.identity.sid);
+                state.container.clone_from(&a.container);
+            }
+        }
+        self.expire(now);
+        self.evaluate(now)
+    }
+
+    fn expire(&mut self, now: u64) {
+        let window = self.cfg.window.as_secs();
+        let horizon = now.saturating_sub(window);
+        self.actors.retain(|_, s| {
+            while s
+                .buckets
+                .front()
+                .is_some_and(|b| b.start + self.bucket_secs <= horizon)
+            {
+                s.buckets.pop_front();
+            }
+            // An actor is kept while it has activity, or a recent alert to
+            // suppress repeats of.
+            !s.buckets.is_empty() || s.alerted_since(horizon)
+        });
+    }
+
+    fn fires(&self, read: u64, sent: u64) -> bool {
+        read >= self.cfg.min_read_bytes
+            && sent >= self.cfg.min_send_bytes
+            && read > 0
+            && sent as f64 / read as f64 >= self.cfg.min_send_ratio
+    }
+
+    fn evaluate(&mut self, now: u64) -> Vec<Alert> {
+        let horizon = now.saturating_sub(self.cfg.window.as_secs());
+        let mut alerts = Vec::new();
+        // Narrow scopes first, so wider ones can defer to them.
+        for scope in [Scope::Process, Scope::Session, Scope::Container] {
+            let keys: Vec<ActorKey> = self
+                .actors
+                .keys()
+                .filter(|k| k.scope() == scope)
+                .cloned()
+                .collect();
+            for key in keys {
+                let state = &self.actors[&key];
+                let (read, sent) = state.sums();
+                if !self.fires(read, sent) {
+                    continue;
+                }
+                let repeat = match state.last_alert {
+                    Some((at, last_sent)) if at >= horizon => sent >= last_sent.saturating_mul(2),
+                    _ => true,
+                };
+                if !repeat || self.explained_by_narrower(&key, horizon) {
+                    continue;
+                }
+                alerts.push(self.build(&key, read, sent));
+                if let Some(s) = self.actors.get_mut(&key) {
+                    s.last_alert = Some((now, sent));
+                }
+            }
+        }
+        alerts
+    }
+
+    /// Whether a process (or, for a container, a process or session) inside
+    /// this actor alerted within the window.
+    fn explained_by_narrower(&self, key: &ActorKey, horizon: u64) -> bool {
+        let inside = |other: &ActorKey, s: &ActorState| match (key, other) {
+            (ActorKey::Session(sid), ActorKey::Process(..)) => s.sessions.contains(sid),
+            (ActorKey::Container(c), ActorKey::Process(..) | ActorKey::Session(_)) => {
+                &s.container == c
+            }
+            _ => false,
+        };
+        self.actors
+            .iter()
+            .any(|(k, s)| inside(k, s) && s.alerted_since(horizon))
+    }
+
+    fn build(&self, key: &ActorKey, read: u64, sent: u64) -> Alert {
+        let state = &self.actors[key];
+        let mut files: HashMap<InodeKey, u64> = HashMap::new();
+        let mut dests: HashMap<(Endpoint, DestClass), u64> = HashMap::new();
+        let mut senders: HashMap<u32, u64> = HashMap::new();
+        let mut pids: Vec<u32> = Vec::new();
+        for b in &state.buckets {
+            for (k, v) in &b.files {
+                *files.entry(*k).or_default() += v;
+            }
+            for (k, v) in &b.dests {
+                *dests.entry(*k).or_default() += v;
+            }
+            for (k, v) in &b.senders {
+                *senders.entry(*k).or_default() += v;
+            }
+            pids.extend(&b.pids);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        let mut top_files: Vec<(InodeKey, u64)> = files.into_iter().collect();
+        top_files.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.ino.cmp(&b.0.ino)));
+        top_files.truncate(10);
+        let mut destinations: Vec<(Endpoint, DestClass, u64)> =
+            dests.into_iter().map(|((e, c), b)| (e, c, b)).collect();
+        destinations.sort_by(|a, b| {
+            (b.1 == DestClass::Untrusted)
+                .cmp(&(a.1 == DestClass::Untrusted))
+                .then(b.2.cmp(&a.2))
+                .then(a.0.cmp(&b.0))
+        });
+        destinations.truncate(10);
+        let top_sender = senders
+            .into_iter()
+            .max_by_key(|(pid, bytes)| (*bytes, *pid))
+            .map(|(pid, _)| pid);
+        let process = top_sender
+            .and_then(|pid| state.identities.get(&pid))
+            .or_else(|| state.identities.values().next())
+            .cloned()
+            .unwrap_or(Identity {
+                tgid: 0,
+                ppid: 0,
+                sid: 0,
+                uid: 0,
+                cgroup_id: 0,
+                first_seen_ns: 0,
+                comm: String::new(),
+            });
+        Alert {
+            rule: RULE_READ_THEN_SEND,
+            scope: key.scope(),
+            process,
+            container: state.container.clone(),
+            window_s: self.cfg.window.as_secs(),
+            watched_read_bytes: read,
+            sent_bytes: sent,
+            top_files,
+            destinations,
+            pids,
+        }
+    }
+}
+
+/// The actors a process's activity counts for.
+fn actor_keys(a: &Activity) -> Vec<ActorKey> {
+    let id = &a.identity;
+    let mut keys = vec![ActorKey::Process(id.tgid, id.first_seen_ns)];
+    // Sessions 0 and 1 are "unknown" and init's catch-all, not a pipeline.
+    if id.sid > 1 {
+        keys.push(ActorKey::Session(id.sid));
+    }
+    if !a.container.is_empty() {
+        keys.push(ActorKey::Container(a.container.clone()));
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn cfg() -> DetectConfig {
+        DetectConfig {
+            window: Duration::from_secs(60),
+            min_read_bytes: 64 * MIB,
+            min_send_bytes: 32 * MIB,
+            min_send_ratio: 0.5,
+        }
+    }
+
+    fn id(tgid: u32, sid: u32) -> Identity {
+        Identity {
+            tgid,
+            ppid: 1,
+            sid,
+            uid: 0,
+            cgroup_id: 0,
+            first_seen_ns: 1000 + tgid as u64,
+            comm: format!("p{tgid}"),
+        }
+    }
+
+    fn ep(last: u8) -> Endpoint {
+        Endpoint::Ip(IpAddr::from([198, 18, 0, last]), 443)
+    }
+
+    fn act(tgid: u32, sid: u32, read: u64, sends: &[(u8, DestClass, u64)]) -> Activity {
+        Activity {
+            identity: id(tgid, sid),
+            container: String::new(),
+            watched_read: read,
+            files: if read > 0 {
+                vec![(
+                    InodeKey {
+                        dev: 1,
+                        _pad: 0,
+                        ino: 7,
+                    },
+                    read,
+                )]
+            } else {
+                vec![]
+            },
+            sends: sends.iter().map(|(l, c, b)| (ep(*l), *c, *b)).collect(),
+        }
+    }
+
+    use DestClass::{Loopback, Trusted, Untrusted};
+
+    #[test]
+    fn one_process_read_then_send() {
+        let mut d = Detector::new(cfg());
+        assert!(
+            d.observe(100, &[act(10, 10, 200 * MIB, &[])]).is_empty(),
+            "reading alone is fine"
+        );
+        let alerts = d.observe(101, &[act(10, 10, 0, &[(2, Untrusted, 150 * MIB)])]);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!(
+            (a.scope, a.process.tgid, a.watched_read_bytes, a.sent_bytes),
+            (Scope::Process, 10, 200 * MIB, 150 * MIB)
+        );
+        assert_eq!(
+            a.top_files,
+            vec![(
+                InodeKey {
+                    dev: 1,
+                    _pad: 0,
+                    ino: 7
+                },
+                200 * MIB
+            )]
+        );
+        assert_eq!(a.destinations, vec![(ep(2), Untrusted, 150 * MIB)]);
+        assert_eq!(a.pids, vec![10]);
+    }
+
+    #[test]
+    fn one_alert_per_window_then_escalation() {
+        let mut d = Detector::new(cfg());
+        assert_eq!(
+            d.observe(100, &[act(10, 10, 100 * MIB, &[(2, Untrusted, 60 * MIB)])])
+                .len(),
+            1
+        );
+        // More bytes, but not double: quiet.
+        assert!(d
+            .observe(101, &[act(10, 10, 0, &[(2, Untrusted, 30 * MIB)])])
+            .is_empty());
+        // Doubled (60 -> 120): escalation with the new totals.
+        let a = d.observe(102, &[act(10, 10, 0, &[(2, Untrusted, 30 * MIB)])]);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].sent_bytes, 120 * MIB);
+        // A new window: the same actor may alert again.
+        assert!(d
+            .observe(140, &[act(10, 10, 0, &[(2, Untrusted, MIB)])])
+            .is_empty());
+        let a = d.observe(200, &[act(10, 10, 100 * MIB, &[(2, Untrusted, 60 * MIB)])]);
+        assert_eq!(a.len(), 1, "after the window passed");
+    }
+
+    #[test]
+    fn pipeline_alerts_as_a_session_even_after_the_reader_exited() {
+        let mut d = Detector::new(cfg());
+        // tar reads and exits; gzip relays through a pipe; nc sends.
+        assert!(d.observe(100, &[act(20, 20, 100 * MIB, &[])]).is_empty());
+        assert!(d.observe(101, &[act(21, 20, 0, &[])]).is_empty());
+        let a = d.observe(103, &[act(22, 20, 0, &[(2, Untrusted, 90 * MIB)])]);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].scope, a[0].process.tgid), (Scope::Session, 22));
+        assert_eq!(
+            a[0].pids,
+            vec![20, 22],
+            "processes with bytes in the window"
+        );
+    }
+
+    #[test]
+    fn narrowest_scope_only() {
+        let mut d = Detector::new(cfg());
+        let mut a = act(30, 30, 100 * MIB, &[(2, Untrusted, 100 * MIB)]);
+        a.container = "c0ffee".into();
+        let alerts = d.observe(100, &[a]);
+        assert_eq!(
+            alerts.len(),
+            1,
+            "process alert only, not also session and container: {alerts:?}"
+        );
+        assert_eq!(alerts[0].scope, Scope::Process);
+    }
+
+    #[test]
+    fn container_alerts_across_sessions() {
+        let mut d = Detector::new(cfg());
+        let mut reader = act(40, 40, 100 * MIB, &[]);
+        let mut sender = act(41, 41, 0, &[(2, Untrusted, 80 * MIB)]);
+        reader.container = "feed".into();
+        sender.container = "feed".into();
+        let alerts = d.observe(100, &[reader, sender]);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(
+            (alerts[0].scope, alerts[0].container.as_str()),
+            (Scope::Container, "feed")
+        );
+    }
+
+    #[test]
+    fn benign_workloads_stay_silent() {
+        let mut d = Detector::new(cfg());
+        // A model server: loads 1 GiB, streams small responses.
+        assert!(d
+            .observe(100, &[act(50, 50, 1024 * MIB, &[(2, Untrusted, MIB)])])
+            .is_empty());
+        // A trainer: reads and sends the same volume, to a trusted network.
+        assert!(d
+            .observe(100, &[act(51, 51, 200 * MIB, &[(3, Trusted, 200 * MIB)])])
+            .is_empty());
+        // Loopback only.
+        assert!(d
+            .observe(100, &[act(52, 52, 200 * MIB, &[(4, Loopback, 200 * MIB)])])
+            .is_empty());
+        // Sends a lot, read no weights.
+        assert!(d
+            .observe(100, &[act(53, 53, 0, &[(5, Untrusted, 500 * MIB)])])
+            .is_empty());
+        // Ratio too low: 40 MiB out of 200 MiB read.
+        assert!(d
+            .observe(100, &[act(54, 54, 200 * MIB, &[(6, Untrusted, 40 * MIB)])])
+            .is_empty());
+        // Enough bytes, but the read fell out of the window before the send.
+        assert!(d.observe(100, &[act(55, 55, 200 * MIB, &[])]).is_empty());
+        assert!(d
+            .observe(200, &[act(55, 55, 0, &[(7, Untrusted, 200 * MIB)])])
+            .is_empty());
+    }
+
+    #[test]
+    fn slow_exfil_within_the_window_alerts() {
+        let mut d = Detector::new(cfg());
+        assert!(d.observe(100, &[act(60, 60, 80 * MIB, &[])]).is_empty());
+        for t in 0..5 {
+            assert!(d
+                .observe(110 + t * 5, &[act(60, 60, 0, &[(2, Untrusted, 7 * MIB)])])
+                .is_empty());
+        }
+        let a = d.observe(140, &[act(60, 60, 0, &[(2, Untrusted, 7 * MIB)])]);
+        assert_eq!(a.len(), 1, "42 MiB sent over 40 s of a 60 s window");
+    }
+
+    #[test]
+    fn idle_actors_are_forgotten() {
+        let mut d = Detector::new(cfg());
+        d.observe(100, &[act(70, 70, MIB, &[])]);
+        assert_eq!(d.actors(), 2, "process and session");
+        d.observe(1000, &[]);
+        assert_eq!(d.actors(), 0);
+    }
+}
