@@ -19,6 +19,7 @@ mod imp {
     pub const NR_SPLICE: i64 = 275;
     pub const NR_COPY_FILE_RANGE: i64 = 326;
     pub const NR_MMAP: i64 = 9;
+    pub const NR_SETSID: i64 = 112;
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
@@ -36,6 +37,7 @@ mod imp {
     pub const NR_SPLICE: i64 = 76;
     pub const NR_COPY_FILE_RANGE: i64 = 285;
     pub const NR_MMAP: i64 = 222;
+    pub const NR_SETSID: i64 = 157;
 }
 
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]

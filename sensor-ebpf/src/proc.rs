@@ -70,6 +70,30 @@ fn record_identity(tgid: u32) {
     }
 }
 
+/// After `setsid()` or `execve()`: the session of a process already
+/// counted as it is now and, on exec, its command name, cgroup and
+/// credentials too.
+#[inline(always)]
+pub fn refresh_identity(tgid: u32, exec: bool) {
+    let Some(info) = PROC_INFO.get_ptr_mut(tgid) else {
+        return;
+    };
+    let sid = session_id(current_task()).unwrap_or(0);
+    // SAFETY: a map value; a racing reader sees the old or the new value.
+    unsafe {
+        (*info).sid = sid;
+        if exec {
+            if let Ok(name) = bpf_get_current_comm() {
+                (*info).comm = name;
+            }
+            (*info).cgroup_id = bpf_get_current_cgroup_id();
+            let uid_gid = bpf_get_current_uid_gid();
+            (*info).uid = uid_gid as u32;
+            (*info).gid = (uid_gid >> 32) as u32;
+        }
+    }
+}
+
 #[inline(always)]
 fn parent_tgid(task: *const u8) -> Result<u32, u32> {
     let parent = read_ptr(task, off!(task_real_parent))?;

@@ -65,7 +65,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     for p in &sensor.probes {
         metrics.set_probe(p.spec.capability, p.spec.hook, p.result.is_ok());
     }
-    let mut pipeline = Pipeline::new(&cfg, metrics, sinks);
+    let mut pipeline = Pipeline::new(&cfg, &watch, metrics, sinks);
 
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(

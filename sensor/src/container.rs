@@ -57,13 +57,17 @@ fn is_container_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// Maps cgroup ids to attributions, rescanning cgroupfs on a miss (at most
-/// once per `rescan_every`).
+/// Maps cgroup ids to attributions. A new id (a container just started)
+/// triggers a rescan of cgroupfs, at most once per `rescan_every`; an id a
+/// fresh scan did not find (its cgroup already removed) is remembered as
+/// unattributed for `forget_misses_after`, so it cannot cause a scan a poll.
 pub struct CgroupResolver {
     root: Option<PathBuf>,
     by_id: HashMap<u64, Attribution>,
+    misses: HashMap<u64, Instant>,
     last_scan: Option<Instant>,
     rescan_every: Duration,
+    forget_misses_after: Duration,
 }
 
 impl CgroupResolver {
@@ -71,8 +75,10 @@ impl CgroupResolver {
         Self {
             root: crate::sysinfo::cgroup2_mount(),
             by_id: HashMap::new(),
+            misses: HashMap::new(),
             last_scan: None,
-            rescan_every: Duration::from_secs(5),
+            rescan_every: Duration::from_millis(100),
+            forget_misses_after: Duration::from_secs(30),
         }
     }
 
@@ -80,11 +86,15 @@ impl CgroupResolver {
         if let Some(a) = self.by_id.get(&cgroup_id) {
             return a.clone();
         }
-        let due = self
-            .last_scan
-            .is_none_or(|t| t.elapsed() >= self.rescan_every);
+        if self.misses.get(&cgroup_id).is_some_and(|t| t.elapsed() < self.forget_misses_after) {
+            return Attribution::default();
+        }
+        let due = self.last_scan.is_none_or(|t| t.elapsed() >= self.rescan_every);
         if due {
             self.scan();
+            if !self.by_id.contains_key(&cgroup_id) {
+                self.misses.insert(cgroup_id, Instant::now());
+            }
         }
         self.by_id.get(&cgroup_id).cloned().unwrap_or_default()
     }
@@ -118,6 +128,8 @@ impl CgroupResolver {
             }
         }
         self.by_id = by_id;
+        let keep = self.forget_misses_after;
+        self.misses.retain(|_, t| t.elapsed() < keep);
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
     paths::PathCache,
     procmeta::ProcMetaCache,
     resident, sysinfo,
+    watch::WatchSet,
 };
 
 pub struct Pipeline {
@@ -34,7 +35,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(cfg: &Config, metrics: Metrics, sinks: Sinks) -> Self {
+    pub fn new(cfg: &Config, watch: &WatchSet, metrics: Metrics, sinks: Sinks) -> Self {
         Self {
             collector: Collector::default(),
             metrics,
@@ -42,7 +43,7 @@ impl Pipeline {
             classifier: Classifier::new(cfg.trusted_cidr.clone()),
             detector: Detector::new(cfg.detect.clone()),
             procs: ProcMetaCache::new(16_384),
-            paths: PathCache::default(),
+            paths: PathCache::new(watch.inodes.iter().map(|w| w.path.clone()).collect()),
             sinks,
             host: sysinfo::hostname(),
             started: Instant::now(),

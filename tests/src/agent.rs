@@ -13,6 +13,12 @@ pub struct Agent {
     child: Child,
     pub metrics_url: String,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Alert lines from stdout, with their arrival time (unix ms).
+    alerts: Arc<Mutex<Vec<(u64, serde_json::Value)>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Agent {
@@ -29,10 +35,19 @@ impl Agent {
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sensor");
+        let alerts = Arc::new(Mutex::new(Vec::new()));
+        let sink = alerts.clone();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("alert line is not JSON ({e}): {line}"));
+                sink.lock().unwrap().push((now_ms(), value));
+            }
+        });
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = stderr.clone();
@@ -52,11 +67,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
-                return Agent {
-                    child,
-                    metrics_url: url,
-                    stderr,
-                };
+                return Agent { child, metrics_url: url, stderr, alerts };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -106,6 +117,25 @@ impl Agent {
                 panic!("timed out waiting for {what}; last scrape:\n{}", m.text);
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Alerts so far, with their arrival time (unix ms).
+    pub fn alerts(&self) -> Vec<(u64, serde_json::Value)> {
+        self.alerts.lock().unwrap().clone()
+    }
+
+    /// Waits for an alert matching `pred`; panics with the alerts seen after `timeout`.
+    pub fn wait_for_alert(&self, timeout: Duration, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> (u64, serde_json::Value) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.alerts().into_iter().find(|(_, a)| pred(a)) {
+                return found;
+            }
+            if Instant::now() > deadline {
+                panic!("no alert for {what} within {timeout:?}; alerts: {:?}\n{}", self.alerts(), self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

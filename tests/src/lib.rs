@@ -35,6 +35,21 @@ pub fn sensor_bin() -> PathBuf {
     path
 }
 
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts).
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            left.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .expect("no cgroup v2 mount")
+}
+
 /// Asserts `actual` is within `pct` percent of `expected` (which comes from
 /// the workload, never from the sensor).
 #[track_caller]

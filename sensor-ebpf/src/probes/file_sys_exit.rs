@@ -4,14 +4,16 @@
 //! Counts the return value of read, pread64, readv, preadv, preadv2
 //! (whatever the RWF flags, O_DIRECT too), splice and copy_file_range (from
 //! `fd_in`) and sendfile (from `in_fd`) when that descriptor is a regular
-//! file, split into watched and not watched. Records mmaps of watched files.
+//! file, split into watched and not watched. Records mmaps of watched files,
+//! and the new session of a process that called setsid (the one syscall
+//! hook serves both: a second program on `sys_exit` would double its cost).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     arch, counters,
     kernel::{offsets_ready, read},
-    mmap, reads,
+    mmap, proc, reads,
 };
 
 #[btf_tracepoint(function = "sys_exit")]
@@ -34,6 +36,12 @@ fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
         Some(0) => arch::REGS_ARGS[0],
         Some(_) => arch::REGS_ARGS[1],
         None if nr == arch::NR_MMAP => arch::REGS_ARGS[4],
+        None if nr == arch::NR_SETSID => {
+            if offsets_ready() {
+                proc::refresh_identity(proc::current_tgid(), false);
+            }
+            return Ok(());
+        }
         None => return Ok(()),
     };
     if !offsets_ready() {

@@ -2,6 +2,7 @@
 //! ground truth: what its own calls returned) and prints them as one JSON
 //! line when done. Run through a symlink so the test picks the `comm`.
 
+mod exfil;
 mod files;
 mod net;
 mod uring;
@@ -50,9 +51,16 @@ pub fn die(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Prints the ground truth: `{"read_bytes": n, ...}`.
+/// Prints the ground truth: `{"read_bytes": n, ...}`, with this process's
+/// pid and the wall-clock time it finished (`done_ms`).
 pub fn report(pairs: &[(&str, u64)]) {
-    let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    let done_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut body: Vec<String> = pairs.iter().filter(|(k, _)| *k != "pid").map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    body.push(format!("\"pid\":{}", std::process::id()));
+    body.push(format!("\"done_ms\":{done_ms}"));
     println!("{{{}}}", body.join(","));
 }
 
@@ -82,7 +90,11 @@ fn main() {
         "tcp-sink" => net::tcp_sink(&args),
         "udp-sink" => net::udp_sink(&args),
         "unix-sink" => net::unix_sink(&args),
-        _ => die("usage: read|mmap|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink --key value ..."),
+        "read-send" => exfil::read_send(&args),
+        "mmap-send" => exfil::mmap_send(&args),
+        "stdin-send" => exfil::stdin_send(&args),
+        "relay" => exfil::relay(&args),
+        _ => die("usage: read|mmap|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay --key value ..."),
     };
     if let Err(e) = result {
         die(&format!("{cmd}: {e}"));

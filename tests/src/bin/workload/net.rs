@@ -261,12 +261,21 @@ fn drain(mut s: impl Read + Write) -> Result<u64> {
     Ok(total)
 }
 
-/// `tcp-sink --listen ADDR`: accept one connection, read to EOF.
+/// `tcp-sink --listen ADDR [--conns K]`: accept K connections (default 1),
+/// read each to EOF.
 pub fn tcp_sink(a: &Args) -> Result<()> {
     let l = TcpListener::bind(a.str("listen"))?;
     println!("listening {}", l.local_addr()?);
-    let (s, _) = l.accept()?;
-    report(&[("received_bytes", drain(s)?)]);
+    let mut readers = Vec::new();
+    for _ in 0..a.num_or("conns", 1) {
+        let (s, _) = l.accept()?;
+        readers.push(std::thread::spawn(move || drain(s)));
+    }
+    let mut total = 0;
+    for r in readers {
+        total += r.join().map_err(|_| std::io::Error::other("reader panicked"))??;
+    }
+    report(&[("received_bytes", total)]);
     Ok(())
 }
 
