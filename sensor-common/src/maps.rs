@@ -12,6 +12,10 @@ pub const FILE_STATS: &str = "FILE_STATS";
 pub const PENDING_DEST: &str = "PENDING_DEST";
 /// Mappings of watched files (`HashMap<MmapKey, MmapInfo>`).
 pub const WATCHED_MMAPS: &str = "WATCHED_MMAPS";
+/// Executed path and arguments by tgid (`LruHashMap<u32, ExecInfo>`).
+pub const EXEC_INFO: &str = "EXEC_INFO";
+/// Processes whose exec is remembered at once.
+pub const EXEC_INFO_SIZE: u32 = 8_192;
 /// Watched directories and files (`HashMap<InodeKey, u64 ext mask>`).
 pub const WATCH_INODES: &str = "WATCH_INODES";
 /// Watched file-name extensions (`HashMap<ExtKey, u64 bit>`).

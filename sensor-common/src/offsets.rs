@@ -55,7 +55,14 @@ pub struct Offsets {
     pub req_file: u32,
     /// `io_uring_cqe.res`
     pub cqe_res: u32,
-    pub _pad: u32,
+    // exec
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.arg_start` / `arg_end`
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    /// `linux_binprm.filename`
+    pub bprm_filename: u32,
 }
 
 impl Offsets {
@@ -91,8 +98,11 @@ impl Offsets {
         req_opcode: 0,
         req_file: 0,
         cqe_res: 0,
-        _pad: 0,
+        task_mm: 0,
+        mm_arg_start: 0,
+        mm_arg_end: 0,
+        bprm_filename: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 124);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 136);

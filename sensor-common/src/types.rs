@@ -82,6 +82,25 @@ pub struct Dest {
     pub addr: [u8; 16],
 }
 
+/// Bytes of the executed path kept by `EXEC_INFO`.
+pub const EXEC_PATH_LEN: usize = 128;
+/// Bytes of the argument vector kept by `EXEC_INFO`.
+pub const EXEC_ARGS_LEN: usize = 256;
+
+/// What a process executed, captured at `execve` (so an alert can name a
+/// process that exited before user space could read /proc).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecInfo {
+    /// The path given to execve, NUL-terminated (truncated).
+    pub path: [u8; EXEC_PATH_LEN],
+    /// The NUL-separated arguments (truncated to `EXEC_ARGS_LEN`).
+    pub args: [u8; EXEC_ARGS_LEN],
+    /// Bytes of `args` filled.
+    pub args_len: u32,
+    pub _pad: u32,
+}
+
 /// One mapping of a watched file: the process and the address `mmap` returned.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -187,6 +206,7 @@ const _: () = {
     assert!(core::mem::size_of::<Dest>() == 24);
     assert!(core::mem::size_of::<MmapInfo>() == 24);
     assert!(core::mem::size_of::<MmapKey>() == 16);
+    assert!(core::mem::size_of::<ExecInfo>() == 392);
 };
 
 #[cfg(feature = "user")]
@@ -205,5 +225,6 @@ mod pod {
     unsafe impl aya::Pod for Dest {}
     unsafe impl aya::Pod for MmapInfo {}
     unsafe impl aya::Pod for MmapKey {}
+    unsafe impl aya::Pod for ExecInfo {}
     unsafe impl aya::Pod for crate::Offsets {}
 }

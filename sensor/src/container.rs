@@ -86,10 +86,16 @@ impl CgroupResolver {
         if let Some(a) = self.by_id.get(&cgroup_id) {
             return a.clone();
         }
-        if self.misses.get(&cgroup_id).is_some_and(|t| t.elapsed() < self.forget_misses_after) {
+        if self
+            .misses
+            .get(&cgroup_id)
+            .is_some_and(|t| t.elapsed() < self.forget_misses_after)
+        {
             return Attribution::default();
         }
-        let due = self.last_scan.is_none_or(|t| t.elapsed() >= self.rescan_every);
+        let due = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= self.rescan_every);
         if due {
             self.scan();
             if !self.by_id.contains_key(&cgroup_id) {

@@ -14,7 +14,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use sensor_common::{
-    counter, maps as names, maps::programs, ExtKey, FileKey, InodeKey, MmapInfo, MmapKey,
+    counter, maps as names, maps::programs, ExecInfo, ExtKey, FileKey, InodeKey, MmapInfo, MmapKey,
     ProcCounters, ProcInfo, RuntimeConfig, SendCounters, SendKey,
 };
 
@@ -229,6 +229,13 @@ impl Sensor {
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
+    /// What `tgid` executed, if its exec happened while the sensor ran.
+    pub fn exec_info(&self, tgid: u32) -> Option<ExecInfo> {
+        let map: HashMap<&MapData, u32, ExecInfo> =
+            HashMap::try_from(map(&self.ebpf, names::EXEC_INFO).ok()?).ok()?;
+        map.get(&tgid, 0).ok()
+    }
+
     /// Cumulative `COUNTERS`, by index.
     pub fn read_lost(&self) -> anyhow::Result<[u64; counter::COUNT as usize]> {
         let map: PerCpuArray<&MapData, u64> =
@@ -253,6 +260,7 @@ impl Sensor {
         remove::<u32, ProcInfo>(ebpf, names::PROC_INFO, tgids)?;
         remove_per_cpu::<SendKey, SendCounters>(ebpf, names::SEND_STATS, sends)?;
         remove_per_cpu::<FileKey, u64>(ebpf, names::FILE_STATS, files)?;
+        remove::<u32, ExecInfo>(ebpf, names::EXEC_INFO, tgids)?;
         remove::<MmapKey, MmapInfo>(ebpf, names::WATCHED_MMAPS, mmaps)
     }
 }

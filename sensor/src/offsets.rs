@@ -95,7 +95,10 @@ pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
         req_opcode,
         req_file,
         cqe_res,
-        _pad: 0,
+        task_mm: r.member("task_struct", &["mm"], 8)?,
+        mm_arg_start: r.member("mm_struct", &["arg_start"], 8)?,
+        mm_arg_end: r.member("mm_struct", &["arg_end"], 8)?,
+        bprm_filename: r.member("linux_binprm", &["filename"], 8)?,
     };
     Ok(Resolved {
         offsets,

@@ -27,7 +27,10 @@ const WALK_LIMIT: usize = 50_000;
 
 impl PathCache {
     pub fn new(roots: Vec<PathBuf>) -> Self {
-        Self { roots, ..Self::default() }
+        Self {
+            roots,
+            ..Self::default()
+        }
     }
 
     /// Looks for `inode` among `tgid`'s open and mapped files, unless known.
@@ -57,7 +60,11 @@ impl PathCache {
 
     /// Records every regular file below the watched roots.
     fn walk_roots(&mut self) {
-        if self.roots.is_empty() || self.last_walk.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if self.roots.is_empty()
+            || self
+                .last_walk
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
         self.last_walk = Some(Instant::now());
@@ -68,7 +75,9 @@ impl PathCache {
             if visited > WALK_LIMIT {
                 break;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             if meta.is_dir() {
                 if let Ok(entries) = std::fs::read_dir(&p) {
                     stack.extend(entries.flatten().map(|e| e.path()));

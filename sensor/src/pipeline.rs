@@ -65,7 +65,7 @@ impl Pipeline {
         let poll = self.collector.ingest(snapshot, sysinfo::process_exists);
         self.metrics
             .record(&poll, &mut self.containers, &self.classifier);
-        let activity = self.activity(&poll);
+        let activity = self.activity(&poll, sensor);
         let now = self.started.elapsed().as_secs();
         for alert in self.detector.observe(now, &activity) {
             let pod = self.containers.attribution(alert.process.cgroup_id).pod_uid;
@@ -101,7 +101,7 @@ impl Pipeline {
     /// What each process did this poll, as the detector sees it. Processes
     /// that moved weights or untrusted bytes get their exe and command line
     /// read now, while they are alive; their files' paths likewise.
-    fn activity(&mut self, poll: &Poll) -> Vec<Activity> {
+    fn activity(&mut self, poll: &Poll, sensor: &Sensor) -> Vec<Activity> {
         let mut by_tgid: HashMap<u32, Activity> = HashMap::new();
         for p in poll.procs.iter().filter(|p| p.watched_read_bytes > 0) {
             if let Some(a) = activity_of(&mut by_tgid, poll, p.tgid, &mut self.containers) {
@@ -124,8 +124,9 @@ impl Pipeline {
         for a in &activity {
             let untrusted = a.sends.iter().any(|(_, c, _)| *c == DestClass::Untrusted);
             if a.watched_read > 0 || untrusted {
+                let tgid = a.identity.tgid;
                 self.procs
-                    .remember(a.identity.tgid, a.identity.first_seen_ns);
+                    .remember(tgid, a.identity.first_seen_ns, || sensor.exec_info(tgid));
             }
         }
         activity

@@ -1,8 +1,11 @@
 //! What an alert says about a process beyond the kernel's identity: its
 //! executable and command line, read from /proc while it is alive (taken
-//! when it first moves weights or untrusted bytes, as it may exit soon).
+//! when it first moves weights or untrusted bytes), else from what the
+//! kernel kept of its execve (path and first 256 bytes of arguments).
 
 use std::collections::HashMap;
+
+use sensor_common::ExecInfo;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcMeta {
@@ -24,8 +27,14 @@ impl ProcMetaCache {
         }
     }
 
-    /// Reads the process's metadata unless already known.
-    pub fn remember(&mut self, tgid: u32, first_seen_ns: u64) {
+    /// Reads the process's metadata unless already known; `exec` is asked
+    /// when /proc no longer has the process.
+    pub fn remember(
+        &mut self,
+        tgid: u32,
+        first_seen_ns: u64,
+        exec: impl FnOnce() -> Option<ExecInfo>,
+    ) {
         if self.map.contains_key(&(tgid, first_seen_ns)) {
             return;
         }
@@ -33,7 +42,10 @@ impl ProcMetaCache {
             // Rare (cap ≫ processes moving weights); start over rather than track age.
             self.map.clear();
         }
-        self.map.insert((tgid, first_seen_ns), read(tgid));
+        let meta = read(tgid)
+            .or_else(|| exec().map(|e| from_exec(&e)))
+            .unwrap_or_default();
+        self.map.insert((tgid, first_seen_ns), meta);
     }
 
     pub fn get(&self, tgid: u32, first_seen_ns: u64) -> ProcMeta {
@@ -44,14 +56,23 @@ impl ProcMetaCache {
     }
 }
 
-fn read(tgid: u32) -> ProcMeta {
+/// From /proc; `None` once the process is gone.
+fn read(tgid: u32) -> Option<ProcMeta> {
     let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let cmdline = std::fs::read(format!("/proc/{tgid}/cmdline"))
-        .map(|raw| cmdline_string(&raw))
-        .unwrap_or_default();
-    ProcMeta { exe, cmdline }
+        .ok()?
+        .display()
+        .to_string();
+    let cmdline = cmdline_string(&std::fs::read(format!("/proc/{tgid}/cmdline")).ok()?);
+    Some(ProcMeta { exe, cmdline })
+}
+
+fn from_exec(e: &ExecInfo) -> ProcMeta {
+    let end = e.path.iter().position(|&b| b == 0).unwrap_or(e.path.len());
+    let args = &e.args[..(e.args_len as usize).min(e.args.len())];
+    ProcMeta {
+        exe: String::from_utf8_lossy(&e.path[..end]).into_owned(),
+        cmdline: cmdline_string(args),
+    }
 }
 
 /// NUL-separated arguments, joined by spaces (lossy UTF-8), at most 4 KiB.
@@ -89,7 +110,7 @@ mod tests {
     fn reads_this_process() {
         let mut c = ProcMetaCache::new(2);
         let me = std::process::id();
-        c.remember(me, 1);
+        c.remember(me, 1, || None);
         let m = c.get(me, 1);
         assert!(!m.exe.is_empty() && !m.cmdline.is_empty(), "{m:?}");
         assert_eq!(

@@ -18,7 +18,10 @@ pub struct Agent {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Agent {
@@ -44,7 +47,8 @@ impl Agent {
         let out = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("alert line is not JSON ({e}): {line}"));
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("alert line is not JSON ({e}): {line}"));
                 sink.lock().unwrap().push((now_ms(), value));
             }
         });
@@ -67,7 +71,12 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
-                return Agent { child, metrics_url: url, stderr, alerts };
+                return Agent {
+                    child,
+                    metrics_url: url,
+                    stderr,
+                    alerts,
+                };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -126,14 +135,23 @@ impl Agent {
     }
 
     /// Waits for an alert matching `pred`; panics with the alerts seen after `timeout`.
-    pub fn wait_for_alert(&self, timeout: Duration, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> (u64, serde_json::Value) {
+    pub fn wait_for_alert(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> (u64, serde_json::Value) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(found) = self.alerts().into_iter().find(|(_, a)| pred(a)) {
                 return found;
             }
             if Instant::now() > deadline {
-                panic!("no alert for {what} within {timeout:?}; alerts: {:?}\n{}", self.alerts(), self.stderr());
+                panic!(
+                    "no alert for {what} within {timeout:?}; alerts: {:?}\n{}",
+                    self.alerts(),
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -37,6 +37,16 @@ impl Metrics {
 
 /// GET `url` (plain `http://host:port/path`) and parse the body.
 pub fn scrape(url: &str) -> anyhow::Result<Metrics> {
+    let body = get(url)?;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))?;
+    Ok(Metrics {
+        text: body,
+        samples: scrape.samples,
+    })
+}
+
+/// GET a plain `http://host:port/path`; the body of a 200 answer.
+pub fn get(url: &str) -> anyhow::Result<String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow::anyhow!("not http: {url}"))?;
@@ -61,19 +71,14 @@ pub fn scrape(url: &str) -> anyhow::Result<Metrics> {
         "HTTP status: {}",
         head.lines().next().unwrap_or("")
     );
-    let body = if head
+    if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        dechunk(body)?
+        dechunk(body)
     } else {
-        body.to_string()
-    };
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))?;
-    Ok(Metrics {
-        text: body,
-        samples: scrape.samples,
-    })
+        Ok(body.to_string())
+    }
 }
 
 fn dechunk(mut body: &str) -> anyhow::Result<String> {

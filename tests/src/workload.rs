@@ -12,7 +12,12 @@ use std::{
 
 fn links_dir() -> &'static tempfile::TempDir {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::Builder::new().prefix("sensor-wl").tempdir().expect("tempdir"))
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("sensor-wl")
+            .tempdir()
+            .expect("tempdir")
+    })
 }
 
 /// The workload binary as `comm` (at most 15 characters). Metrics are
@@ -23,7 +28,10 @@ pub fn program(comm: &str) -> PathBuf {
     static USED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     if !comm.contains("sink") {
         let mut used = USED.lock().unwrap();
-        assert!(!used.iter().any(|c| c == comm), "comm {comm} used twice in this test binary: counts would mix");
+        assert!(
+            !used.iter().any(|c| c == comm),
+            "comm {comm} used twice in this test binary: counts would mix"
+        );
         used.push(comm.to_string());
     }
     let target = crate::target_dir().join("sensor-workload");
@@ -45,21 +53,31 @@ pub fn command(comm: &str) -> Command {
 /// Runs a workload to completion and returns its report (a JSON object).
 pub fn report(comm: &str, args: &[&str]) -> serde_json::Value {
     let out = command(comm).args(args).output().expect("spawn workload");
-    assert!(out.status.success(), "workload {comm} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "workload {comm} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Runs a workload to completion and returns the number it reports under `key`.
 pub fn run(comm: &str, args: &[&str], key: &str) -> u64 {
     let r = report(comm, args);
-    r.get(key).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("workload printed no {key}: {r}"))
+    r.get(key)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("workload printed no {key}: {r}"))
 }
 
 fn parse(stdout: &str) -> serde_json::Value {
     stdout
         .lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(serde_json::Value::is_object))
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(serde_json::Value::is_object)
+        })
         .unwrap_or_else(|| panic!("workload printed no report: {stdout}"))
 }
 
@@ -72,11 +90,18 @@ pub struct Sink {
 impl Sink {
     /// Starts `cmd` (a `tcp-sink`/`udp-sink`/`unix-sink`) and waits for it to listen.
     pub fn start(mut cmd: Command) -> Sink {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn sink");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sink");
         let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         reader.read_line(&mut line).expect("sink output");
-        assert!(line.starts_with("listening"), "sink did not start: {line:?}");
+        assert!(
+            line.starts_with("listening"),
+            "sink did not start: {line:?}"
+        );
         Sink { child, reader }
     }
 
@@ -85,7 +110,10 @@ impl Sink {
         let _ = std::io::Read::read_to_string(&mut self.reader, &mut rest);
         let status = self.child.wait().expect("wait sink");
         assert!(status.success(), "sink failed: {status}");
-        parse(&rest).get("received_bytes").and_then(serde_json::Value::as_u64).expect("received_bytes")
+        parse(&rest)
+            .get("received_bytes")
+            .and_then(serde_json::Value::as_u64)
+            .expect("received_bytes")
     }
 }
 

@@ -4,7 +4,8 @@
 //! - `rust-src` on the nightly toolchain (the eBPF crate builds `core`);
 //! - `bpf-linker` linked against nightly's own LLVM (PLATFORM.md's recipe:
 //!   Debian's LLVM is too old, the default feature wants a newer LLVM);
-//! - Debian packages the tests use: bpftool, iproute2.
+//! - Debian packages the tests use: bpftool, iproute2, util-linux (setsid),
+//!   prometheus-alertmanager.
 //!
 //! Only `tp_btf` programs are used, so tracefs need not be mounted.
 
@@ -21,7 +22,12 @@ const CACHE: &str = "/var/cache/sensor";
 pub fn run() -> Result<()> {
     nightly_components()?;
     bpf_linker()?;
-    debian_packages(&[("bpftool", "bpftool"), ("ip", "iproute2")])?;
+    debian_packages(&[
+        ("bpftool", "bpftool"),
+        ("ip", "iproute2"),
+        ("setsid", "util-linux"),
+        ("prometheus-alertmanager", "prometheus-alertmanager"),
+    ])?;
     Ok(())
 }
 

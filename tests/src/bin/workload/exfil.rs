@@ -15,7 +15,10 @@ use std::{
 use crate::{die, report, Args};
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Sends to one destination over TCP or unconnected UDP, remembering when
@@ -31,15 +34,30 @@ pub struct Sender {
 
 impl Sender {
     pub fn open(a: &Args, to_key: &str) -> Result<Sender> {
-        let to: SocketAddr = a.str(to_key).parse().unwrap_or_else(|_| die(&format!("bad --{to_key}")));
+        let to: SocketAddr = a
+            .str(to_key)
+            .parse()
+            .unwrap_or_else(|_| die(&format!("bad --{to_key}")));
         let mark = a.num_or("mark-sent", u64::MAX);
-        let mut s = Sender { tcp: Vec::new(), udp: None, next: 0, sent: 0, mark, crossed_ms: 0 };
+        let mut s = Sender {
+            tcp: Vec::new(),
+            udp: None,
+            next: 0,
+            sent: 0,
+            mark,
+            crossed_ms: 0,
+        };
         if a.opt("proto") == Some("udp") {
-            let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+            let bind: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
             s.udp = Some((UdpSocket::bind(bind)?, to));
         } else {
             for _ in 0..a.num_or("conns", 1) {
-                s.tcp.push(TcpStream::connect_timeout(&to, Duration::from_secs(5))?);
+                s.tcp
+                    .push(TcpStream::connect_timeout(&to, Duration::from_secs(5))?);
             }
         }
         Ok(s)
@@ -96,7 +114,10 @@ pub fn read_send(a: &Args) -> Result<()> {
     let bursts = a.num_or("bursts", 1).max(1) as usize;
     let gap = Duration::from_millis(a.num_or("gap-ms", 0));
     let mut out = Sender::open(a, "to")?;
-    let mut also = a.opt("trusted-to").map(|_| Sender::open(a, "trusted-to")).transpose()?;
+    let mut also = a
+        .opt("trusted-to")
+        .map(|_| Sender::open(a, "trusted-to"))
+        .transpose()?;
     let per_burst = limit.div_ceil(bursts);
     for (i, burst) in data[..limit.min(data.len())].chunks(per_burst).enumerate() {
         if i > 0 {
@@ -115,7 +136,13 @@ pub fn read_send(a: &Args) -> Result<()> {
     if let Some(t) = also {
         t.finish()?;
     }
-    report(&[("pid", std::process::id() as u64), ("read_bytes", read), ("sent_bytes", sent), ("trusted_sent_bytes", trusted), ("crossed_ms", crossed)]);
+    report(&[
+        ("pid", std::process::id() as u64),
+        ("read_bytes", read),
+        ("sent_bytes", sent),
+        ("trusted_sent_bytes", trusted),
+        ("crossed_ms", crossed),
+    ]);
     Ok(())
 }
 
@@ -125,7 +152,16 @@ pub fn mmap_send(a: &Args) -> Result<()> {
     let f = File::open(a.str("file"))?;
     let len = f.metadata()?.len() as usize;
     // SAFETY: a fresh read-only shared mapping of an open file.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
     if p == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
@@ -141,7 +177,12 @@ pub fn mmap_send(a: &Args) -> Result<()> {
     std::thread::sleep(Duration::from_millis(a.num_or("hold-ms", 500)));
     // SAFETY: the mapping made above.
     unsafe { libc::munmap(p, len) };
-    report(&[("pid", std::process::id() as u64), ("mapped_bytes", len as u64), ("sent_bytes", sent), ("crossed_ms", crossed)]);
+    report(&[
+        ("pid", std::process::id() as u64),
+        ("mapped_bytes", len as u64),
+        ("sent_bytes", sent),
+        ("crossed_ms", crossed),
+    ]);
     Ok(())
 }
 
@@ -160,7 +201,11 @@ pub fn stdin_send(a: &Args) -> Result<()> {
     }
     let (sent, crossed) = (out.sent, out.crossed_ms);
     out.finish()?;
-    report(&[("pid", std::process::id() as u64), ("sent_bytes", sent), ("crossed_ms", crossed)]);
+    report(&[
+        ("pid", std::process::id() as u64),
+        ("sent_bytes", sent),
+        ("crossed_ms", crossed),
+    ]);
     Ok(())
 }
 
@@ -168,7 +213,13 @@ pub fn stdin_send(a: &Args) -> Result<()> {
 /// write it into a pipe; a child (`PROG stdin-send`) sends what comes out.
 pub fn relay(a: &Args) -> Result<()> {
     let mut child = Command::new(a.str("sender"))
-        .args(["stdin-send", "--to", a.str("to"), "--mark-sent", &a.num_or("mark-sent", u64::MAX).to_string()])
+        .args([
+            "stdin-send",
+            "--to",
+            a.str("to"),
+            "--mark-sent",
+            &a.num_or("mark-sent", u64::MAX).to_string(),
+        ])
         .stdin(Stdio::piped())
         .spawn()?;
     let mut pipe = child.stdin.take().expect("child stdin");

@@ -58,7 +58,11 @@ pub fn report(pairs: &[(&str, u64)]) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut body: Vec<String> = pairs.iter().filter(|(k, _)| *k != "pid").map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    let mut body: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| *k != "pid")
+        .map(|(k, v)| format!("\"{k}\":{v}"))
+        .collect();
     body.push(format!("\"pid\":{}", std::process::id()));
     body.push(format!("\"done_ms\":{done_ms}"));
     println!("{{{}}}", body.join(","));

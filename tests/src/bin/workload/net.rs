@@ -273,7 +273,9 @@ pub fn tcp_sink(a: &Args) -> Result<()> {
     }
     let mut total = 0;
     for r in readers {
-        total += r.join().map_err(|_| std::io::Error::other("reader panicked"))??;
+        total += r
+            .join()
+            .map_err(|_| std::io::Error::other("reader panicked"))??;
     }
     report(&[("received_bytes", total)]);
     Ok(())
