@@ -188,27 +188,32 @@ impl Collector {
         }
 
         for (key, now) in snap.sends {
-            let before = self.last_send.get(&key).copied().unwrap_or(0);
-            let bytes = now.bytes.saturating_sub(before);
-            if bytes > 0 {
-                if let Some(endpoint) = Endpoint::from_kernel(key.family, key.addr, key.port) {
-                    poll.sends.push(SendDelta {
-                        tgid: key.tgid,
-                        endpoint,
-                        bytes,
-                    });
-                }
-            }
-            if gone.contains(&key.tgid) {
-                self.last_send.remove(&key);
-                poll.forget_sends.push(key);
-            } else {
-                self.last_send.insert(key, now.bytes);
+            let gone_now = gone.contains(&key.tgid);
+            let bytes = advance(
+                &mut self.last_send,
+                key,
+                now.bytes,
+                gone_now,
+                &mut poll.forget_sends,
+            );
+            let endpoint = Endpoint::from_kernel(key.family, key.addr, key.port);
+            if let (true, Some(endpoint)) = (bytes > 0, endpoint) {
+                poll.sends.push(SendDelta {
+                    tgid: key.tgid,
+                    endpoint,
+                    bytes,
+                });
             }
         }
         for (key, now) in snap.files {
-            let before = self.last_file.get(&key).copied().unwrap_or(0);
-            let bytes = now.saturating_sub(before);
+            let gone_now = gone.contains(&key.tgid);
+            let bytes = advance(
+                &mut self.last_file,
+                key,
+                now,
+                gone_now,
+                &mut poll.forget_files,
+            );
             if bytes > 0 {
                 let inode = InodeKey {
                     dev: key.dev,
@@ -220,12 +225,6 @@ impl Collector {
                     inode,
                     bytes,
                 });
-            }
-            if gone.contains(&key.tgid) {
-                self.last_file.remove(&key);
-                poll.forget_files.push(key);
-            } else {
-                self.last_file.insert(key, now);
             }
         }
         for (i, now) in snap.lost.iter().enumerate() {
@@ -286,6 +285,25 @@ impl Collector {
         }
         per_tgid
     }
+}
+
+/// The growth of a cumulative counter since the previous poll; the entry
+/// of an exited process is dropped and queued to be forgotten in the kernel.
+fn advance<K: std::hash::Hash + Eq + Copy>(
+    last: &mut HashMap<K, u64>,
+    key: K,
+    now: u64,
+    gone: bool,
+    forget: &mut Vec<K>,
+) -> u64 {
+    let delta = now.saturating_sub(last.get(&key).copied().unwrap_or(0));
+    if gone {
+        last.remove(&key);
+        forget.push(key);
+    } else {
+        last.insert(key, now);
+    }
+    delta
 }
 
 #[cfg(test)]

@@ -178,6 +178,28 @@ fn expect_silence(s: &Scene, what: &str, comm: &str, pids_: &[u64]) {
     eprintln!("SILENT {what}");
 }
 
+/// `read-send` of the scene's weights as `comm` to `to`, marking when the
+/// thresholds are crossed; `extra` adds options.
+fn read_send(s: &Scene, comm: &str, to: &str, extra: &[&str]) -> Value {
+    let mark = MARK.to_string();
+    let mut args = vec![
+        "read-send",
+        "--file",
+        s.weights(),
+        "--to",
+        to,
+        "--mark-sent",
+        &mark,
+    ];
+    args.extend_from_slice(extra);
+    workload::report(comm, &args)
+}
+
+/// The alert for the sender of report `r`, latency from its `key` time.
+fn alert_for(s: &Scene, what: &str, scope: &str, r: &Value, key: &str, dest: &str) -> Value {
+    expect_alert(s, what, scope, report_u(r, "pid"), report_u(r, key), dest)
+}
+
 fn report_u(r: &Value, k: &str) -> u64 {
     r[k].as_u64()
         .unwrap_or_else(|| panic!("workload report has no {k}: {r}"))
@@ -195,25 +217,14 @@ fn attack_one_process_tcp() {
     );
     let to = format!("{}:8001", s.untrusted.ip);
     let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-tcp",
-        &[
-            "read-send",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--mark-sent",
-            &MARK.to_string(),
-        ],
-    );
+    let r = read_send(&s, "dt-tcp", &to, &[]);
     assert_eq!(sink.finish(), FILE_BYTES);
-    let a = expect_alert(
+    let a = alert_for(
         &s,
         "one process, TCP",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "crossed_ms"),
+        &r,
+        "crossed_ms",
         &s.untrusted.ip.to_string(),
     );
     assert_eq!(a["comm"], "dt-tcp");
@@ -246,27 +257,14 @@ fn attack_one_process_udp() {
     let s = Scene::new(62, 63, &[]);
     let to = format!("{}:8002", s.untrusted.ip);
     let sink = s.sink(&s.untrusted, "udp", &to, 1);
-    let r = workload::report(
-        "dt-udp",
-        &[
-            "read-send",
-            "--proto",
-            "udp",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--mark-sent",
-            &MARK.to_string(),
-        ],
-    );
+    let r = read_send(&s, "dt-udp", &to, &["--proto", "udp"]);
     sink.finish();
-    expect_alert(
+    alert_for(
         &s,
         "one process, unconnected UDP",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "crossed_ms"),
+        &r,
+        "crossed_ms",
         &s.untrusted.ip.to_string(),
     );
 }
@@ -290,12 +288,12 @@ fn attack_sendfile_weights_to_socket() {
     );
     assert_eq!(sink.finish(), FILE_BYTES);
     // No byte-level mark inside sendfile(2): latency is measured from its end.
-    expect_alert(
+    alert_for(
         &s,
         "sendfile",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "done_ms"),
+        &r,
+        "done_ms",
         &s.untrusted.ip.to_string(),
     );
 }
@@ -305,6 +303,7 @@ fn attack_mmap_and_send_from_the_mapping() {
     let s = Scene::new(66, 67, &[]);
     let to = format!("{}:8004", s.untrusted.ip);
     let sink = s.sink(&s.untrusted, "tcp", &to, 1);
+    let mark = MARK.to_string();
     let r = workload::report(
         "dt-mmap",
         &[
@@ -314,16 +313,16 @@ fn attack_mmap_and_send_from_the_mapping() {
             "--to",
             &to,
             "--mark-sent",
-            &MARK.to_string(),
+            &mark,
         ],
     );
     assert_eq!(sink.finish(), FILE_BYTES);
-    expect_alert(
+    alert_for(
         &s,
         "mmap then send",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "crossed_ms"),
+        &r,
+        "crossed_ms",
         &s.untrusted.ip.to_string(),
     );
 }
@@ -421,29 +420,14 @@ fn attack_small_chunks_over_several_connections() {
     let s = Scene::new(72, 73, &[]);
     let to = format!("{}:8007", s.untrusted.ip);
     let sink = s.sink(&s.untrusted, "tcp", &to, 8);
-    let r = workload::report(
-        "dt-chunks",
-        &[
-            "read-send",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--chunk",
-            "4096",
-            "--conns",
-            "8",
-            "--mark-sent",
-            &MARK.to_string(),
-        ],
-    );
+    let r = read_send(&s, "dt-chunks", &to, &["--chunk", "4096", "--conns", "8"]);
     assert_eq!(sink.finish(), FILE_BYTES);
-    expect_alert(
+    alert_for(
         &s,
         "4 KiB chunks over 8 connections",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "crossed_ms"),
+        &r,
+        "crossed_ms",
         &s.untrusted.ip.to_string(),
     );
 }
@@ -453,29 +437,14 @@ fn attack_bursts_spread_over_the_window() {
     let s = Scene::new(74, 75, &[]);
     let to = format!("{}:8008", s.untrusted.ip);
     let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-bursts",
-        &[
-            "read-send",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--bursts",
-            "4",
-            "--gap-ms",
-            "1500",
-            "--mark-sent",
-            &MARK.to_string(),
-        ],
-    );
+    let r = read_send(&s, "dt-bursts", &to, &["--bursts", "4", "--gap-ms", "1500"]);
     assert_eq!(sink.finish(), FILE_BYTES);
-    expect_alert(
+    alert_for(
         &s,
         "4 bursts 1.5 s apart",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "crossed_ms"),
+        &r,
+        "crossed_ms",
         &s.untrusted.ip.to_string(),
     );
 }
@@ -485,25 +454,14 @@ fn attack_ipv6_destination() {
     let s = Scene::new(76, 77, &[]);
     let to = format!("[{}]:8009", s.untrusted.ip6);
     let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-ipv6",
-        &[
-            "read-send",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--mark-sent",
-            &MARK.to_string(),
-        ],
-    );
+    let r = read_send(&s, "dt-ipv6", &to, &[]);
     assert_eq!(sink.finish(), FILE_BYTES);
-    expect_alert(
+    alert_for(
         &s,
         "IPv6",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "crossed_ms"),
+        &r,
+        "crossed_ms",
         &s.untrusted.ip6.to_string(),
     );
 }
@@ -516,30 +474,20 @@ fn attack_untrusted_alongside_trusted_traffic() {
     let sink = s.sink(&s.untrusted, "tcp", &to, 1);
     let tsink = s.sink(&s.trusted, "tcp", &trusted_to, 1);
     let bytes = (24 * MIB).to_string();
-    let r = workload::report(
+    let r = read_send(
+        &s,
         "dt-mixed",
-        &[
-            "read-send",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--trusted-to",
-            &trusted_to,
-            "--send-bytes",
-            &bytes,
-            "--mark-sent",
-            &MARK.to_string(),
-        ],
+        &to,
+        &["--trusted-to", &trusted_to, "--send-bytes", &bytes],
     );
     sink.finish();
     tsink.finish();
-    let a = expect_alert(
+    let a = alert_for(
         &s,
         "untrusted beside trusted",
         "process",
-        report_u(&r, "pid"),
-        report_u(&r, "crossed_ms"),
+        &r,
+        "crossed_ms",
         &s.untrusted.ip.to_string(),
     );
     // Trusted bytes are listed but not counted as sent out.

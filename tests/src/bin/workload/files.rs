@@ -152,17 +152,7 @@ pub fn splice_to_pipe(a: &Args) -> Result<()> {
     let mut total = 0u64;
     let mut sink = vec![0u8; 1 << 16];
     loop {
-        // SAFETY: valid fds, null offsets.
-        let n = check(unsafe {
-            libc::splice(
-                src.as_raw_fd(),
-                std::ptr::null_mut(),
-                w,
-                std::ptr::null_mut(),
-                1 << 16,
-                0,
-            )
-        })?;
+        let n = splice(src.as_raw_fd(), w, 1 << 16)?;
         if n == 0 {
             break;
         }
@@ -176,6 +166,12 @@ pub fn splice_to_pipe(a: &Args) -> Result<()> {
     }
     report(&[("read_bytes", total)]);
     Ok(())
+}
+
+/// One splice(2) of up to `len` bytes from `from` to `to` (one is a pipe).
+pub fn splice(from: i32, to: i32, len: usize) -> Result<usize> {
+    // SAFETY: valid fds, null offsets.
+    check(unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, 0) })
 }
 
 pub fn pipe() -> Result<(i32, i32)> {

@@ -95,27 +95,14 @@ pub fn tcp_send(a: &Args) -> Result<()> {
             let f = File::open(a.str("file"))?;
             let (r, w) = files::pipe()?;
             loop {
-                // SAFETY: valid fds, null offsets.
-                let n = check(unsafe {
-                    libc::splice(
-                        f.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        w,
-                        std::ptr::null_mut(),
-                        1 << 16,
-                        0,
-                    )
-                })?;
+                let n = files::splice(f.as_raw_fd(), w, 1 << 16)?;
                 if n == 0 {
                     break;
                 }
                 read += n as u64;
                 let mut left = n;
                 while left > 0 {
-                    // SAFETY: valid fds, null offsets.
-                    let m = check(unsafe {
-                        libc::splice(r, std::ptr::null_mut(), fd, std::ptr::null_mut(), left, 0)
-                    })?;
+                    let m = files::splice(r, fd, left)?;
                     left -= m;
                     sent += m as u64;
                 }
