@@ -20,6 +20,7 @@ use crate::{
     metrics::Metrics,
     pipeline::Pipeline,
     sysinfo,
+    tail::server::{self, ClientStats, Publisher},
     watch::WatchSet,
 };
 
@@ -44,12 +45,13 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         .await
         .with_context(|| format!("cannot listen on metrics-addr {}", cfg.metrics_addr))?;
     let metrics_addr = listener.local_addr().context("metrics listener address")?;
+    let tail_listener = server::bind(&cfg.tail_socket)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
     let metrics = Metrics::new(cfg.max_comm_labels, &sysinfo::kernel_release())
         .context("creating metrics")?;
-    let sinks = Sinks::new(
+    let mut sinks = Sinks::new(
         cfg.alerts_file.as_deref(),
         cfg.alertmanager_url.as_deref(),
         format!("http://{metrics_addr}/metrics"),
@@ -65,12 +67,23 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     for p in &sensor.probes {
         metrics.set_probe(p.spec.capability, p.spec.hook, p.result.is_ok());
     }
-    let mut pipeline = Pipeline::new(&cfg, &watch, metrics, sinks);
+    let tail_stats = ClientStats {
+        connected: metrics.tail_clients.clone(),
+        dropped: metrics.tail_dropped.clone(),
+    };
+    let mut pipeline = Pipeline::new(&cfg, &watch, metrics);
 
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
         pipeline.metrics.registry.clone(),
+        shutdown.clone(),
+    ));
+    let publisher = Publisher::new();
+    let tail = tokio::spawn(server::serve(
+        tail_listener,
+        publisher.clone(),
+        tail_stats,
         shutdown.clone(),
     ));
     tracing::info!(
@@ -87,17 +100,26 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
-        pipeline.poll(&mut sensor)?;
+        let out = pipeline.poll(&mut sensor)?;
+        for alert in &out.alerts {
+            sinks.emit(alert);
+        }
+        publisher.publish(&out);
         if last_refresh.elapsed() >= WATCH_REFRESH {
             sensor.bump_generation()?;
             last_refresh = Instant::now();
         }
     }
     // Count what moved since the last tick, then detach.
-    pipeline.poll(&mut sensor)?;
+    let out = pipeline.poll(&mut sensor)?;
+    for alert in &out.alerts {
+        sinks.emit(alert);
+    }
     shutdown.cancel();
     drop(sensor);
     tracing::info!("programs detached, exiting");
     let _ = server.await;
+    let _ = tail.await;
+    let _ = std::fs::remove_file(&cfg.tail_socket);
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Load and attach the programs, serve metrics, run until SIGINT/SIGTERM.
     Run(Box<RunArgs>),
+    /// Live per-process reads and sends, and alerts as they fire.
+    Tail(TailArgs),
     /// Preflight: kernel, BTF, privileges, and whether each program attaches.
     Check(CheckArgs),
 }
@@ -69,6 +71,49 @@ pub struct RunArgs {
     /// Processes the kernel maps can hold at once.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_processes: Option<String>,
+    /// The local socket `sensor tail` attaches to (root only).
+    #[arg(long, value_name = "PATH")]
+    pub tail_socket: Option<PathBuf>,
+}
+
+/// `sensor tail`: attaches to the local agent, else loads its own programs.
+#[derive(Debug, Default, Args)]
+pub struct TailArgs {
+    /// One JSON object per line (activity records and alert objects).
+    #[arg(long)]
+    pub json: bool,
+    /// Only this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only processes with this command name (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Only processes of this container (id or its prefix).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+    /// Only processes that read watched files in the interval.
+    #[arg(long)]
+    pub watched_only: bool,
+    /// Seconds per line of output per process.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "1",
+        allow_hyphen_values = true
+    )]
+    pub interval: String,
+    /// The agent's socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Load own programs even when an agent runs.
+    #[arg(long)]
+    pub standalone: bool,
+    /// Standalone mode: what counts as weights (as `sensor run --watch`).
+    #[arg(long = "watch", value_name = "PATH_OR_GLOB")]
+    pub watch: Vec<String>,
+    /// Standalone mode: trusted destination networks.
+    #[arg(long = "trusted-cidr", value_name = "CIDR")]
+    pub trusted_cidr: Vec<String>,
 }
 
 #[derive(Debug, Default, Args)]

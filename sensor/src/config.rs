@@ -71,6 +71,7 @@ pub struct Config {
     pub poll_interval: Duration,
     pub max_comm_labels: usize,
     pub max_processes: u32,
+    pub tail_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -85,6 +86,7 @@ impl Default for Config {
             poll_interval: Duration::from_millis(1000),
             max_comm_labels: 256,
             max_processes: sensor_common::maps::DEFAULT_MAX_PROCS,
+            tail_socket: PathBuf::from(crate::tail::server::DEFAULT_SOCKET),
         }
     }
 }
@@ -124,6 +126,7 @@ struct FileConfig {
     poll_interval_ms: Option<Scalar>,
     max_comm_labels: Option<Scalar>,
     max_processes: Option<Scalar>,
+    tail_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -187,6 +190,16 @@ impl Config {
         }
         if let Some(v) = text(&args.max_processes, &file.max_processes) {
             cfg.max_processes = parse_count("max-processes", &v, 64, 4_194_304)? as u32;
+        }
+        if let Some(p) = args.tail_socket.clone().or(file.tail_socket) {
+            if p.as_os_str().is_empty() || p.as_os_str().len() > 107 {
+                return Err(invalid(
+                    "tail-socket",
+                    &p.display().to_string(),
+                    "expected a path of 1 to 107 bytes",
+                ));
+            }
+            cfg.tail_socket = p;
         }
         Ok(cfg)
     }

@@ -21,6 +21,7 @@ mod procmeta;
 mod resident;
 mod size;
 mod sysinfo;
+mod tail;
 mod watch;
 
 use std::process::ExitCode;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Run(args) => agent::main(*args),
+        Command::Tail(args) => tail::client::main(args),
         Command::Check(args) => check::main(args),
     };
     match result {

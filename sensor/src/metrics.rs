@@ -19,6 +19,8 @@ pub struct Metrics {
     lost: IntCounterVec,
     tracked: IntGauge,
     pub detector_actors: IntGauge,
+    pub tail_clients: IntGauge,
+    pub tail_dropped: prometheus::IntCounter,
     probe_info: IntGaugeVec,
     comms: LabelFolder,
 }
@@ -75,6 +77,14 @@ impl Metrics {
             "Actors (processes, sessions, containers) with activity in the detection window.",
         )?;
         registry.register(Box::new(detector_actors.clone()))?;
+        let tail_clients =
+            IntGauge::new("sensor_tail_clients", "`sensor tail` clients connected.")?;
+        registry.register(Box::new(tail_clients.clone()))?;
+        let tail_dropped = prometheus::IntCounter::new(
+            "sensor_tail_clients_dropped_total",
+            "`sensor tail` clients disconnected for not keeping up.",
+        )?;
+        registry.register(Box::new(tail_dropped.clone()))?;
         let build = IntGaugeVec::new(
             Opts::new(
                 "sensor_build_info",
@@ -104,6 +114,8 @@ impl Metrics {
             lost,
             tracked,
             detector_actors,
+            tail_clients,
+            tail_dropped,
             probe_info,
             comms: LabelFolder::new(max_comm_labels),
         })

@@ -1,5 +1,6 @@
 //! One poll, straight through: kernel maps → per-process deltas → metrics →
-//! activity per process → detection → alerts.
+//! activity per process → detection → alerts. What it yields (activity
+//! records and alerts) goes to the alert sinks and `sensor tail`.
 
 use std::{
     collections::HashMap,
@@ -7,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    alerts::{AlertJson, Context, Sinks},
+    alerts::{rfc3339, AlertJson, Context},
     collect::{Collector, Poll, Snapshot},
     config::Config,
     container::CgroupResolver,
@@ -18,8 +19,17 @@ use crate::{
     paths::PathCache,
     procmeta::ProcMetaCache,
     resident, sysinfo,
+    tail::record::{ActivityRecord, DestBytes},
     watch::WatchSet,
 };
+
+/// What one poll yields.
+#[derive(Default)]
+pub struct PollOutput {
+    /// Every process that read or sent since the previous poll.
+    pub records: Vec<ActivityRecord>,
+    pub alerts: Vec<AlertJson>,
+}
 
 pub struct Pipeline {
     collector: Collector,
@@ -29,13 +39,12 @@ pub struct Pipeline {
     detector: Detector,
     procs: ProcMetaCache,
     paths: PathCache,
-    sinks: Sinks,
     host: String,
     started: Instant,
 }
 
 impl Pipeline {
-    pub fn new(cfg: &Config, watch: &WatchSet, metrics: Metrics, sinks: Sinks) -> Self {
+    pub fn new(cfg: &Config, watch: &WatchSet, metrics: Metrics) -> Self {
         Self {
             collector: Collector::default(),
             metrics,
@@ -44,14 +53,13 @@ impl Pipeline {
             detector: Detector::new(cfg.detect.clone()),
             procs: ProcMetaCache::new(16_384),
             paths: PathCache::new(watch.inodes.iter().map(|w| w.path.clone()).collect()),
-            sinks,
             host: sysinfo::hostname(),
             started: Instant::now(),
         }
     }
 
     /// Reads the kernel maps once and carries the result through.
-    pub fn poll(&mut self, sensor: &mut Sensor) -> anyhow::Result<()> {
+    pub fn poll(&mut self, sensor: &mut Sensor) -> anyhow::Result<PollOutput> {
         let mmaps = sensor.read_mmaps()?;
         let snapshot = Snapshot {
             counters: sensor.read_counters()?,
@@ -66,6 +74,10 @@ impl Pipeline {
         self.metrics
             .record(&poll, &mut self.containers, &self.classifier);
         let activity = self.activity(&poll, sensor);
+        let mut out = PollOutput {
+            records: self.records(&poll),
+            alerts: Vec::new(),
+        };
         let now = self.started.elapsed().as_secs();
         for alert in self.detector.observe(now, &activity) {
             let pod = self.containers.attribution(alert.process.cgroup_id).pod_uid;
@@ -82,7 +94,7 @@ impl Pipeline {
             let json = AlertJson::new(&alert, ctx);
             self.metrics
                 .count_alert(json.rule, &json.comm, &json.container);
-            self.sinks.emit(&json);
+            out.alerts.push(json);
         }
         self.metrics
             .detector_actors
@@ -95,7 +107,61 @@ impl Pipeline {
                 &poll.forget_mmaps,
             )?;
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// One record per process that read or sent since the previous poll.
+    fn records(&mut self, poll: &Poll) -> Vec<ActivityRecord> {
+        let ts = rfc3339(SystemTime::now());
+        let mut by_tgid: HashMap<u32, ActivityRecord> = HashMap::new();
+        for p in poll
+            .procs
+            .iter()
+            .filter(|p| p.read_bytes + p.sent_bytes > 0)
+        {
+            let Some(id) = poll.identities.get(&p.tgid) else {
+                continue;
+            };
+            by_tgid.insert(
+                p.tgid,
+                ActivityRecord {
+                    ts: ts.clone(),
+                    pid: p.tgid,
+                    comm: id.comm.clone(),
+                    container: self.containers.attribution(id.cgroup_id).container,
+                    read_bytes: p.read_bytes,
+                    watched_read_bytes: p.watched_read_bytes,
+                    ..Default::default()
+                },
+            );
+        }
+        for s in &poll.sends {
+            let Some(r) = by_tgid.get_mut(&s.tgid) else {
+                continue;
+            };
+            let class = self.classifier.classify(&s.endpoint);
+            r.sent_bytes += s.bytes;
+            *match class {
+                DestClass::Untrusted => &mut r.untrusted_sent_bytes,
+                DestClass::Trusted => &mut r.trusted_sent_bytes,
+                DestClass::Loopback => &mut r.loopback_sent_bytes,
+                DestClass::Local => &mut r.local_sent_bytes,
+            } += s.bytes;
+            let addr = s.endpoint.to_string();
+            match r.destinations.iter_mut().find(|d| d.addr == addr) {
+                Some(d) => d.bytes += s.bytes,
+                None => r.destinations.push(DestBytes {
+                    addr,
+                    class: class.as_str().into(),
+                    bytes: s.bytes,
+                }),
+            }
+        }
+        let mut records: Vec<ActivityRecord> = by_tgid.into_values().collect();
+        for r in &mut records {
+            r.finish();
+        }
+        records
     }
 
     /// What each process did this poll, as the detector sees it. Processes

@@ -11,6 +11,9 @@ use crate::scrape::{scrape, Metrics};
 
 pub struct Agent {
     child: Child,
+    /// The agent's `sensor tail` socket.
+    pub tail_socket: std::path::PathBuf,
+    _socket_dir: tempfile::TempDir,
     pub metrics_url: String,
     stderr: Arc<Mutex<Vec<String>>>,
     /// Alert lines from stdout, with their arrival time (unix ms).
@@ -34,6 +37,23 @@ impl Agent {
         if !args.contains(&"--poll-interval-ms") {
             cmd.args(["--poll-interval-ms", "200"]);
         }
+        // Each agent its own tail socket, so tests can run side by side.
+        let socket_dir = tempfile::Builder::new()
+            .prefix("sensor-sock")
+            .tempdir()
+            .expect("tempdir");
+        let given = args
+            .iter()
+            .position(|a| *a == "--tail-socket")
+            .and_then(|i| args.get(i + 1));
+        let tail_socket = match given {
+            Some(p) => std::path::PathBuf::from(p),
+            None => {
+                let p = socket_dir.path().join("sensor.sock");
+                cmd.arg("--tail-socket").arg(&p);
+                p
+            }
+        };
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
@@ -73,6 +93,8 @@ impl Agent {
             if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
                 return Agent {
                     child,
+                    tail_socket,
+                    _socket_dir: socket_dir,
                     metrics_url: url,
                     stderr,
                     alerts,

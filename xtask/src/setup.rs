@@ -5,7 +5,7 @@
 //! - `bpf-linker` linked against nightly's own LLVM (PLATFORM.md's recipe:
 //!   Debian's LLVM is too old, the default feature wants a newer LLVM);
 //! - Debian packages the tests use: bpftool, iproute2, util-linux (setsid),
-//!   prometheus-alertmanager.
+//!   prometheus-alertmanager, tmux (the `sensor tail` screen test).
 //!
 //! Only `tp_btf` programs are used, so tracefs need not be mounted.
 
@@ -27,6 +27,7 @@ pub fn run() -> Result<()> {
         ("ip", "iproute2"),
         ("setsid", "util-linux"),
         ("prometheus-alertmanager", "prometheus-alertmanager"),
+        ("tmux", "tmux"),
     ])?;
     Ok(())
 }
