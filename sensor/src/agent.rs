@@ -1,7 +1,10 @@
 //! `sensor run`: validate, bind, attach, then poll the kernel maps until
 //! SIGINT/SIGTERM, and detach.
 
-use std::time::{Duration, Instant};
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -33,6 +36,15 @@ pub fn main(args: RunArgs) -> Result<(), Failure> {
     // kernel is touched.
     let cfg = Config::from_args(&args)?;
     let watch = WatchSet::resolve(&cfg.watch)?;
+    if args.dry_run {
+        // A closed stdout (`| head`) is not an error here.
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "configuration valid; watching: {}\n{cfg:#?}",
+            watch.describe()
+        );
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

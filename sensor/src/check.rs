@@ -2,7 +2,7 @@
 //! offsets, and whether each program loads and attaches (each tried on its
 //! own, then detached).
 
-use std::path::Path;
+use std::{io::Write as _, path::Path};
 
 use serde::Serialize;
 
@@ -83,15 +83,18 @@ pub fn main(args: CheckArgs) -> Result<(), Failure> {
         }
     }
 
+    // A closed stdout (`| head`) is not an error here.
+    let mut out = std::io::stdout().lock();
     if args.json {
         let doc = serde_json::json!({ "ready": ready, "checks": rows });
-        println!("{doc}");
+        let _ = writeln!(out, "{doc}");
     } else {
         let width = rows.iter().map(|r| r.item.len()).max().unwrap_or(0);
         for r in &rows {
-            println!("{:<width$}  {:<4}  {}", r.item, r.status, r.detail);
+            let _ = writeln!(out, "{:<width$}  {:<4}  {}", r.item, r.status, r.detail);
         }
-        println!(
+        let _ = writeln!(
+            out,
             "{}",
             if ready {
                 "ready: sensor run can start here"

@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// The local socket `sensor tail` attaches to (root only).
     #[arg(long, value_name = "PATH")]
     pub tail_socket: Option<PathBuf>,
+    /// The kubelet's pod log directory, for pod names and namespaces.
+    #[arg(long, value_name = "DIR")]
+    pub pods_dir: Option<PathBuf>,
+    /// Validate the configuration and the watch set, print them, exit.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `sensor tail`: attaches to the local agent, else loads its own programs.

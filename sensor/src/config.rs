@@ -72,6 +72,7 @@ pub struct Config {
     pub max_comm_labels: usize,
     pub max_processes: u32,
     pub tail_socket: PathBuf,
+    pub pods_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -87,6 +88,7 @@ impl Default for Config {
             max_comm_labels: 256,
             max_processes: sensor_common::maps::DEFAULT_MAX_PROCS,
             tail_socket: PathBuf::from(crate::tail::server::DEFAULT_SOCKET),
+            pods_dir: PathBuf::from(crate::pods::DEFAULT_PODS_DIR),
         }
     }
 }
@@ -127,6 +129,7 @@ struct FileConfig {
     max_comm_labels: Option<Scalar>,
     max_processes: Option<Scalar>,
     tail_socket: Option<PathBuf>,
+    pods_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -200,6 +203,9 @@ impl Config {
                 ));
             }
             cfg.tail_socket = p;
+        }
+        if let Some(p) = args.pods_dir.clone().or(file.pods_dir) {
+            cfg.pods_dir = p;
         }
         Ok(cfg)
     }

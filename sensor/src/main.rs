@@ -17,6 +17,7 @@ mod metrics;
 mod offsets;
 mod paths;
 mod pipeline;
+mod pods;
 mod procmeta;
 mod resident;
 mod size;

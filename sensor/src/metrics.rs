@@ -59,6 +59,10 @@ impl Metrics {
             "Alerts dropped because a sink's queue was full.",
             &["sink"],
         )?;
+        for sink in ["stdout", "file", "alertmanager"] {
+            sink_errors.with_label_values(&[sink]).inc_by(0);
+            sink_dropped.with_label_values(&[sink]).inc_by(0);
+        }
         let lost = counter_vec(
             "sensor_lost_events_total",
             "Reads or sends the kernel side could not count, by reason.",

@@ -17,6 +17,7 @@ use crate::{
     loader::Sensor,
     metrics::Metrics,
     paths::PathCache,
+    pods::PodDirectory,
     procmeta::ProcMetaCache,
     resident, sysinfo,
     tail::record::{ActivityRecord, DestBytes},
@@ -39,6 +40,7 @@ pub struct Pipeline {
     detector: Detector,
     procs: ProcMetaCache,
     paths: PathCache,
+    pods: PodDirectory,
     host: String,
     started: Instant,
 }
@@ -53,6 +55,7 @@ impl Pipeline {
             detector: Detector::new(cfg.detect.clone()),
             procs: ProcMetaCache::new(16_384),
             paths: PathCache::new(watch.inodes.iter().map(|w| w.path.clone()).collect()),
+            pods: PodDirectory::new(cfg.pods_dir.clone()),
             host: sysinfo::hostname(),
             started: Instant::now(),
         }
@@ -80,7 +83,13 @@ impl Pipeline {
         };
         let now = self.started.elapsed().as_secs();
         for alert in self.detector.observe(now, &activity) {
-            let pod = self.containers.attribution(alert.process.cgroup_id).pod_uid;
+            // The pod's name and namespace where the kubelet's directory tells
+            // them, else its UID alone.
+            let uid = self.containers.attribution(alert.process.cgroup_id).pod_uid;
+            let (pod, namespace) = match self.pods.lookup(&uid) {
+                Some(p) => (p.name, p.namespace),
+                None => (uid, String::new()),
+            };
             let ctx = Context {
                 host: &self.host,
                 now: SystemTime::now(),
@@ -88,7 +97,7 @@ impl Pipeline {
                     .procs
                     .get(alert.process.tgid, alert.process.first_seen_ns),
                 pod,
-                namespace: String::new(),
+                namespace,
                 paths: &self.paths,
             };
             let json = AlertJson::new(&alert, ctx);

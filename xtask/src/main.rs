@@ -45,11 +45,11 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Setup => setup::run(),
         Cmd::Build => {
-            setup::run()?;
+            setup::build()?;
             cargo(&root, &["build", "--release", "-p", "sensor"])
         }
         Cmd::Run { args } => {
-            setup::run()?;
+            setup::build()?;
             cargo(&root, &["build", "--release", "-p", "sensor"])?;
             let bin = root.join("target/release/sensor");
             let status = Command::new(&bin)

@@ -19,17 +19,64 @@ use anyhow::{bail, Context as _, Result};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CACHE: &str = "/var/cache/sensor";
 
+/// Everything: what building needs, and what the tests use.
 pub fn run() -> Result<()> {
+    build()?;
+    test_tools()
+}
+
+/// What building the agent needs.
+pub fn build() -> Result<()> {
     nightly_components()?;
-    bpf_linker()?;
+    bpf_linker()
+}
+
+/// What the test suite runs besides the agent.
+pub fn test_tools() -> Result<()> {
     debian_packages(&[
         ("bpftool", "bpftool"),
         ("ip", "iproute2"),
         ("setsid", "util-linux"),
         ("prometheus-alertmanager", "prometheus-alertmanager"),
         ("tmux", "tmux"),
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
     ])?;
-    Ok(())
+    python_tools(&[
+        ("kubernetes_validate", "kubernetes-validate"),
+        ("yamllint", "yamllint"),
+    ])
+}
+
+/// Manifest linters from PyPI (for the deployment tests), run as
+/// `python3 -m MODULE` so no PATH shim is needed.
+fn python_tools(needed: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(module, _)| {
+            Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {} from PyPI", missing.join(" "));
+    crate::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing),
+    )
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
