@@ -23,6 +23,13 @@ pub struct ProcCounters {
     pub send_ops: u64,
 }
 
+/// The reserved `PROC_STATS` entry that takes the bytes of processes the
+/// full map has no room for (so the totals stay exact; lost detail is counted).
+pub const OVERFLOW_TGID: u32 = 0;
+/// `SendKey::family` of the reserved `SEND_STATS` entry for destinations the
+/// full map has no room for.
+pub const FAMILY_OVERFLOW: u16 = 0xffff;
+
 /// `ProcInfo::flags`: the whole thread group has exited.
 pub const PROC_EXITED: u32 = 1;
 

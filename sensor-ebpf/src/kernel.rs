@@ -47,3 +47,21 @@ pub fn current_task() -> *const u8 {
     // through `read`.
     unsafe { aya_ebpf::helpers::bpf_get_current_task() as *const u8 }
 }
+
+/// The current task as a BTF pointer: loads through it at constant offsets
+/// are checked by the verifier and need no helper call.
+#[inline(always)]
+pub fn current_task_btf() -> *const u8 {
+    // SAFETY: a helper without preconditions.
+    unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8 }
+}
+
+/// A direct load at `base + offset` through a BTF-typed pointer (a
+/// `tp_btf` argument or `current_task_btf`), with `offset` a constant or a
+/// frozen `.rodata` value: the verifier checks it against the type.
+#[inline(always)]
+pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+    // SAFETY: only called on BTF pointers, where the verifier turns the
+    // access into a fault-tolerant load checked against the kernel's BTF.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset) as *const T) }
+}

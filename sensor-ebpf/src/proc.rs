@@ -10,7 +10,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuHashMap},
 };
-use sensor_common::{counter, maps, ProcCounters, ProcInfo};
+use sensor_common::{counter, maps, ProcCounters, ProcInfo, OVERFLOW_TGID};
 
 use crate::{
     counters,
@@ -45,7 +45,15 @@ pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, u32> {
     {
         record_identity(tgid);
     }
-    PROC_STATS.get_ptr_mut(tgid).ok_or(counter::PROC_MAP_FULL)
+    if let Some(c) = PROC_STATS.get_ptr_mut(tgid) {
+        return Ok(c);
+    }
+    // Full: the entry user space reserved keeps the bytes in the totals;
+    // the lost per-process detail is counted.
+    counters::bump(counter::PROC_MAP_FULL);
+    PROC_STATS
+        .get_ptr_mut(OVERFLOW_TGID)
+        .ok_or(counter::PROC_MAP_FULL)
 }
 
 #[inline(always)]

@@ -1,13 +1,40 @@
 //! Counting bytes a process took from a regular file, whichever hook saw
 //! them: per-process totals, watched split, and per watched file.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap},
+};
 use sensor_common::{counter, maps, FileKey, InodeKey};
 
 use crate::{
-    kernel::{current_task, off, read, read_ptr},
+    kernel::{current_task_btf, load, off, read, read_ptr},
     proc, watch,
 };
+
+/// The last file this CPU counted a read of, and what was found about it:
+/// a loop of reads on one descriptor (the common case) skips the inode
+/// reads and the watched decision. Valid while the `struct file` and its
+/// inode are the same objects and the watch generation has not moved.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LastFile {
+    file: u64,
+    inode: u64,
+    generation: u32,
+    /// 1: regular file; 2: not regular.
+    kind: u32,
+    watched: u32,
+    dev: u32,
+    ino: u64,
+}
+
+#[map(name = "LAST_FILE")]
+static LAST_FILE: PerCpuArray<LastFile> = PerCpuArray::with_max_entries(1, 0);
+
+const KIND_REGULAR: u32 = 1;
+const KIND_OTHER: u32 = 2;
 
 #[map(name = "FILE_STATS")]
 static FILE_STATS: PerCpuHashMap<FileKey, u64> =
@@ -17,16 +44,24 @@ const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 
 /// `current->files->fdt->fd[fd]`, `None` past the table or for a free slot.
+/// The walk to the table uses direct BTF loads; the slot itself (a variable
+/// index) a helper read.
 #[inline(always)]
 pub fn fd_to_file(fd: u64) -> Result<Option<*const u8>, u32> {
-    let task = current_task();
-    let files = read_ptr(task, off!(task_files))?;
-    let fdt = read_ptr(files, off!(files_fdt))?;
-    let max_fds: u32 = read(fdt, off!(fdt_max_fds))?;
+    let task = current_task_btf();
+    let files: *const u8 = load(task, off!(task_files));
+    if files.is_null() {
+        return Ok(None);
+    }
+    let fdt: *const u8 = load(files, off!(files_fdt));
+    if fdt.is_null() {
+        return Ok(None);
+    }
+    let max_fds: u32 = load(fdt, off!(fdt_max_fds));
     if fd >= max_fds as u64 {
         return Ok(None);
     }
-    let fds = read_ptr(fdt, off!(fdt_fd))?;
+    let fds: *const u8 = load(fdt, off!(fdt_fd));
     let file = read_ptr(fds, (fd as usize) * 8)?;
     Ok((!file.is_null()).then_some(file))
 }
@@ -48,13 +83,52 @@ pub fn regular_file_inode(file: *const u8) -> Result<Option<(*const u8, InodeKey
     Ok(Some((inode, key)))
 }
 
-/// Counts `bytes` read by the current process from the regular file `file`.
+/// Counts `bytes` read by the current process from `file`, if regular.
 #[inline(always)]
 pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
-    let Some((_, key)) = regular_file_inode(file)? else {
+    let inode = read_ptr(file, off!(file_inode))?;
+    let generation = watch::generation();
+    let Some(last) = LAST_FILE.get_ptr_mut(0) else {
         return Ok(());
     };
-    let watched = watch::is_watched(file, &key)?;
+    // SAFETY: this CPU's slot, used by programs on this CPU only.
+    let last = unsafe { &mut *last };
+    if last.file != file as u64 || last.inode != inode as u64 || last.generation != generation {
+        match regular_file_inode(file)? {
+            Some((_, key)) => {
+                let watched = watch::is_watched(file, &key)?;
+                *last = LastFile {
+                    file: file as u64,
+                    inode: inode as u64,
+                    generation,
+                    kind: KIND_REGULAR,
+                    watched: watched as u32,
+                    dev: key.dev,
+                    ino: key.ino,
+                };
+            }
+            None => {
+                *last = LastFile {
+                    file: file as u64,
+                    inode: inode as u64,
+                    generation,
+                    kind: KIND_OTHER,
+                    watched: 0,
+                    dev: 0,
+                    ino: 0,
+                };
+            }
+        }
+    }
+    if last.kind != KIND_REGULAR {
+        return Ok(());
+    }
+    let key = InodeKey {
+        dev: last.dev,
+        _pad: 0,
+        ino: last.ino,
+    };
+    let watched = last.watched != 0;
     let tgid = proc::current_tgid();
     let c = proc::counters_of(tgid)?;
     // SAFETY: this CPU's slot of a per-CPU entry.
@@ -81,10 +155,13 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
 
 #[inline(always)]
 fn add_file_bytes(key: FileKey, bytes: u64) -> Result<(), u32> {
-    if FILE_STATS.get_ptr_mut(key).is_none() {
-        let _ = FILE_STATS.insert(key, 0, BPF_NOEXIST as u64);
-    }
-    let slot = FILE_STATS.get_ptr_mut(key).ok_or(counter::FILE_MAP_FULL)?;
+    let slot = match FILE_STATS.get_ptr_mut(key) {
+        Some(slot) => slot,
+        None => {
+            let _ = FILE_STATS.insert(key, 0, BPF_NOEXIST as u64);
+            FILE_STATS.get_ptr_mut(key).ok_or(counter::FILE_MAP_FULL)?
+        }
+    };
     // SAFETY: this CPU's slot of a per-CPU entry.
     unsafe { *slot += bytes };
     Ok(())

@@ -28,6 +28,12 @@ static RUNTIME: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
 /// How many directory levels above a file are checked against `WATCH_INODES`.
 const MAX_DEPTH: usize = 24;
 
+/// The current watch-set generation (0 before user space set one).
+#[inline(always)]
+pub fn generation() -> u32 {
+    RUNTIME.get(0).map_or(0, |rt| rt.generation)
+}
+
 /// Whether the regular file `file` (inode `key`) is watched.
 #[inline(always)]
 pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, u32> {

@@ -19,10 +19,10 @@ use crate::{
     config::Config,
     failure::Failure,
     http,
-    loader::{Capacity, Sensor},
+    loader::{LoadOptions, Sensor},
     metrics::Metrics,
     pipeline::Pipeline,
-    sysinfo,
+    privilege, sysinfo,
     tail::server::{self, ClientStats, Publisher},
     watch::WatchSet,
 };
@@ -63,6 +63,24 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
 
     let metrics = Metrics::new(cfg.max_comm_labels, &sysinfo::kernel_release())
         .context("creating metrics")?;
+
+    privilege::require_bpf()?;
+    let mut sensor = Sensor::load(
+        &watch,
+        &LoadOptions {
+            processes: cfg.max_processes,
+            btf: cfg.btf_path.clone(),
+        },
+    )?;
+    for p in &sensor.probes {
+        metrics.set_probe(p.spec.capability, p.spec.hook, p.result.is_ok());
+    }
+    // Parsing the kernel's BTF (twice: offsets, attach points) took tens of
+    // MiB that are free now; hand them back instead of keeping them resident.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+    // Attached: give up what loading needed, before any thread starts.
+    privilege::drop_to_kept().context("dropping capabilities")?;
     let mut sinks = Sinks::new(
         cfg.alerts_file.as_deref(),
         cfg.alertmanager_url.as_deref(),
@@ -70,15 +88,6 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         metrics.sink_errors.clone(),
         metrics.sink_dropped.clone(),
     )?;
-    let mut sensor = Sensor::load(
-        &watch,
-        Capacity {
-            processes: cfg.max_processes,
-        },
-    )?;
-    for p in &sensor.probes {
-        metrics.set_probe(p.spec.capability, p.spec.hook, p.result.is_ok());
-    }
     let tail_stats = ClientStats {
         connected: metrics.tail_clients.clone(),
         dropped: metrics.tail_dropped.clone(),
@@ -89,6 +98,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     let server = tokio::spawn(http::serve(
         listener,
         pipeline.metrics.registry.clone(),
+        cfg.web.clone(),
         shutdown.clone(),
     ));
     let publisher = Publisher::new();
@@ -99,7 +109,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         shutdown.clone(),
     ));
     tracing::info!(
-        metrics = %format!("http://{metrics_addr}/metrics"),
+        metrics = %format!("{}://{metrics_addr}/metrics", if cfg.web.tls.is_some() { "https" } else { "http" }),
         watch = %watch.describe(),
         "ready"
     );

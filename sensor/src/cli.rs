@@ -77,6 +77,13 @@ pub struct RunArgs {
     /// The kubelet's pod log directory, for pod names and namespaces.
     #[arg(long, value_name = "DIR")]
     pub pods_dir: Option<PathBuf>,
+    /// The kernel's BTF (for kernels that keep it elsewhere than
+    /// /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "FILE")]
+    pub btf_path: Option<PathBuf>,
+    /// TLS and basic auth for /metrics (Prometheus exporter-toolkit format).
+    #[arg(long, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Validate the configuration and the watch set, print them, exit.
     #[arg(long)]
     pub dry_run: bool,

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use sensor_common::{
     counter, FileKey, InodeKey, MmapInfo, MmapKey, ProcCounters, ProcInfo, SendCounters, SendKey,
-    PROC_EXITED,
+    OVERFLOW_TGID, PROC_EXITED,
 };
 
 use crate::destination::Endpoint;
@@ -17,6 +17,11 @@ use crate::destination::Endpoint;
 pub struct Snapshot {
     pub counters: Vec<(u32, ProcCounters)>,
     pub infos: Vec<(u32, ProcInfo)>,
+    /// Identities looked up after `counters` was read, for processes that
+    /// first appeared between the two reads: they name the process, but
+    /// whether it exited is left to the next poll (its counters here may
+    /// predate its last bytes).
+    pub late_infos: Vec<(u32, ProcInfo)>,
     pub sends: Vec<(SendKey, SendCounters)>,
     pub files: Vec<(FileKey, u64)>,
     pub mmaps: Vec<(MmapKey, MmapInfo)>,
@@ -60,7 +65,13 @@ impl Identity {
                 uid: 0,
                 cgroup_id: 0,
                 first_seen_ns: 0,
-                comm: "?".into(),
+                // The reserved entry of a full map, or a process whose identity
+                // did not fit.
+                comm: if tgid == OVERFLOW_TGID {
+                    "overflow".into()
+                } else {
+                    "?".into()
+                },
             },
         }
     }
@@ -137,13 +148,15 @@ impl Collector {
     /// Turns a snapshot into deltas. `alive(tgid)` is asked only for
     /// processes the kernel has no identity for (their exit is unmarked).
     pub fn ingest(&mut self, snap: Snapshot, alive: impl Fn(u32) -> bool) -> Poll {
-        let infos: HashMap<u32, ProcInfo> = snap.infos.into_iter().collect();
+        let mut infos: HashMap<u32, ProcInfo> = snap.infos.into_iter().collect();
+        let late: HashMap<u32, ProcInfo> = snap.late_infos.into_iter().collect();
         let mut poll = Poll::default();
         let mut gone: HashSet<u32> = HashSet::new();
         for (tgid, _) in &snap.counters {
-            let exited = match infos.get(tgid) {
-                Some(i) => i.flags & PROC_EXITED != 0,
-                None => !alive(*tgid),
+            let exited = match (infos.get(tgid), late.contains_key(tgid)) {
+                (Some(i), _) => i.flags & PROC_EXITED != 0,
+                (None, true) => false,
+                (None, false) => *tgid != OVERFLOW_TGID && !alive(*tgid),
             };
             if exited {
                 gone.insert(*tgid);
@@ -156,6 +169,9 @@ impl Collector {
             }
         }
         let mut mmap_bytes = self.ingest_mmaps(&snap.mmaps, &snap.resident, &gone, &mut poll);
+        for (tgid, info) in late {
+            infos.entry(tgid).or_insert(info);
+        }
 
         for (tgid, now) in snap.counters {
             let info = infos.get(&tgid);

@@ -73,6 +73,25 @@ pub struct Config {
     pub max_processes: u32,
     pub tail_socket: PathBuf,
     pub pods_dir: PathBuf,
+    pub btf_path: PathBuf,
+    pub web: crate::webconfig::WebConfig,
+}
+
+impl PartialEq for crate::webconfig::WebConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.tls.is_some() == other.tls.is_some() && self.users == other.users
+    }
+}
+
+impl std::fmt::Debug for crate::webconfig::WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WebConfig {{ tls: {}, users: {:?} }}",
+            self.tls.is_some(),
+            self.users.keys().collect::<Vec<_>>()
+        )
+    }
 }
 
 impl Default for Config {
@@ -89,6 +108,8 @@ impl Default for Config {
             max_processes: sensor_common::maps::DEFAULT_MAX_PROCS,
             tail_socket: PathBuf::from(crate::tail::server::DEFAULT_SOCKET),
             pods_dir: PathBuf::from(crate::pods::DEFAULT_PODS_DIR),
+            btf_path: PathBuf::from(crate::offsets::VMLINUX_BTF),
+            web: crate::webconfig::WebConfig::default(),
         }
     }
 }
@@ -130,6 +151,8 @@ struct FileConfig {
     max_processes: Option<Scalar>,
     tail_socket: Option<PathBuf>,
     pods_dir: Option<PathBuf>,
+    btf_path: Option<PathBuf>,
+    web_config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -206,6 +229,12 @@ impl Config {
         }
         if let Some(p) = args.pods_dir.clone().or(file.pods_dir) {
             cfg.pods_dir = p;
+        }
+        if let Some(p) = args.btf_path.clone().or(file.btf_path) {
+            cfg.btf_path = p;
+        }
+        if let Some(p) = args.web_config_file.clone().or(file.web_config_file) {
+            cfg.web = crate::webconfig::WebConfig::load(&p)?;
         }
         Ok(cfg)
     }
@@ -472,5 +501,61 @@ mod tests {
             parse_cidr("198.18.0.5/24").unwrap().to_string(),
             "198.18.0.0/24"
         );
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn check(result: Result<Config, ConfigError>) {
+            if let Err(e) = result {
+                let msg = e.to_string();
+                assert!(
+                    !msg.contains('\n') && !msg.is_empty(),
+                    "multi-line or empty error: {msg:?}"
+                );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any bytes as the YAML file: an error or a config, never a panic.
+            #[test]
+            fn arbitrary_yaml_never_panics(text in "(?s).{0,300}") {
+                let f = yaml(&text);
+                check(Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }));
+            }
+
+            /// Valid keys with arbitrary values.
+            #[test]
+            fn arbitrary_values_never_panic(
+                key in prop::sample::select(vec![
+                    "watch", "metrics-addr", "trusted-cidr", "alerts-file", "alertmanager-url", "window",
+                    "min-read-bytes", "min-send-bytes", "min-send-ratio", "poll-interval-ms",
+                    "max-comm-labels", "max-processes", "tail-socket", "pods-dir", "btf-path",
+                ]),
+                value in "[ -~]{0,40}",
+            ) {
+                let f = yaml(&format!("{key}: {value:?}\n"));
+                check(Config::from_args(&RunArgs { config: Some(f.path().into()), ..args() }));
+            }
+
+            /// Arbitrary flag values.
+            #[test]
+            fn arbitrary_flags_never_panic(value in ".{0,40}") {
+                for a in [
+                    RunArgs { trusted_cidr: vec![value.clone()], ..args() },
+                    RunArgs { metrics_addr: Some(value.clone()), ..args() },
+                    RunArgs { min_read_bytes: Some(value.clone()), ..args() },
+                    RunArgs { min_send_ratio: Some(value.clone()), ..args() },
+                    RunArgs { window: Some(value.clone()), ..args() },
+                    RunArgs { alertmanager_url: Some(value.clone()), ..args() },
+                ] {
+                    check(Config::from_args(&a));
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use sensor_common::{AF_INET, AF_INET6, AF_UNIX};
+use sensor_common::{AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW};
 
 /// The `destination` label of `sensor_socket_send_bytes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,6 +50,8 @@ impl Endpoint {
     pub fn from_kernel(family: u16, addr: [u8; 16], port: u16) -> Option<Self> {
         match family {
             AF_UNIX => Some(Self::Unix),
+            // Sends the full per-destination map had no room for.
+            FAMILY_OVERFLOW => Some(Self::Unknown),
             AF_INET => {
                 let ip = Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
                 Some(if ip.is_unspecified() {

@@ -129,7 +129,14 @@ pub struct Detector {
     cfg: DetectConfig,
     bucket_secs: u64,
     actors: BTreeMap<ActorKey, ActorState>,
+    max_actors: usize,
+    /// Actors forgotten early because `max_actors` was reached.
+    pub evicted: u64,
 }
+
+/// Actors kept at most (memory bound under a storm of short-lived
+/// processes): past it, the least recently active are forgotten first.
+pub const MAX_ACTORS: usize = 65_536;
 
 impl Detector {
     pub fn new(cfg: DetectConfig) -> Self {
@@ -139,7 +146,15 @@ impl Detector {
             cfg,
             bucket_secs,
             actors: BTreeMap::new(),
+            max_actors: MAX_ACTORS,
+            evicted: 0,
         }
+    }
+
+    #[cfg(test)]
+    fn with_max_actors(mut self, n: usize) -> Self {
+        self.max_actors = n;
+        self
     }
 
     /// Number of actors with activity in the window (memory is bounded by it).
@@ -188,7 +203,28 @@ impl Detector {
             }
         }
         self.expire(now);
-        self.evaluate(now)
+        let alerts = self.evaluate(now);
+        self.bound();
+        alerts
+    }
+
+    /// Forgets the least recently active actors (a tenth of the cap at a
+    /// time) while there are more than `max_actors`.
+    fn bound(&mut self) {
+        if self.actors.len() <= self.max_actors {
+            return;
+        }
+        let mut last: Vec<(u64, ActorKey)> = self
+            .actors
+            .iter()
+            .map(|(k, s)| (s.buckets.back().map_or(0, |b| b.start), k.clone()))
+            .collect();
+        last.sort();
+        let excess = self.actors.len() - self.max_actors + self.max_actors / 10;
+        for (_, key) in last.into_iter().take(excess) {
+            self.actors.remove(&key);
+            self.evicted += 1;
+        }
     }
 
     fn expire(&mut self, now: u64) {
@@ -536,6 +572,21 @@ mod tests {
         }
         let a = d.observe(140, &[act(60, 60, 0, &[(2, Untrusted, 7 * MIB)])]);
         assert_eq!(a.len(), 1, "42 MiB sent over 40 s of a 60 s window");
+    }
+
+    #[test]
+    fn actors_are_bounded() {
+        let mut d = Detector::new(cfg()).with_max_actors(100);
+        // 300 processes within one window.
+        for t in 0..300u32 {
+            d.observe(100 + u64::from(t / 10), &[act(1000 + t, 0, MIB, &[])]);
+        }
+        assert!(d.actors() <= 100, "{}", d.actors());
+        assert!(d.evicted >= 200, "{}", d.evicted);
+        assert!(
+            d.actors.contains_key(&ActorKey::Process(1299, 1000 + 1299)),
+            "the newest is kept"
+        );
     }
 
     #[test]

@@ -5,17 +5,20 @@
 //! whole load, and dropping the half-built `Ebpf` detaches whatever was
 //! attached: the sensor is either fully attached or not at all.
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr},
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader, Endianness,
 };
 use sensor_common::{
     counter, maps as names, maps::programs, ExecInfo, ExtKey, FileKey, InodeKey, MmapInfo, MmapKey,
-    ProcCounters, ProcInfo, RuntimeConfig, SendCounters, SendKey,
+    ProcCounters, ProcInfo, RuntimeConfig, SendCounters, SendKey, FAMILY_OVERFLOW, OVERFLOW_TGID,
 };
 
 use crate::{offsets, sysinfo, watch::WatchSet};
@@ -108,10 +111,12 @@ pub struct ProbeStatus {
     pub result: Result<(), String>,
 }
 
-/// Sizes of the kernel maps.
-#[derive(Clone, Copy, Debug)]
-pub struct Capacity {
+/// What loading needs to know: map sizes and where the kernel's BTF is.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
     pub processes: u32,
+    /// `/sys/kernel/btf/vmlinux` unless configured (`--btf-path`).
+    pub btf: PathBuf,
 }
 
 /// The loaded and attached sensor. Dropping it detaches every program.
@@ -124,10 +129,11 @@ pub struct Sensor {
 
 impl Sensor {
     /// Loads the programs, fills the watch tables and attaches everything.
-    pub fn load(watch: &WatchSet, capacity: Capacity) -> anyhow::Result<Self> {
-        let (mut ebpf, resolved) = open(capacity)?;
+    pub fn load(watch: &WatchSet, opts: &LoadOptions) -> anyhow::Result<Self> {
+        let (mut ebpf, resolved) = open(opts)?;
         fill_watch_tables(&mut ebpf, watch)?;
-        let probes = attach_all(&mut ebpf, &resolved)?;
+        reserve_overflow(&mut ebpf)?;
+        let probes = attach_all(&mut ebpf, &resolved, &opts.btf)?;
         if let Some(failed) = probes.iter().find(|p| p.spec.required && p.result.is_err()) {
             let reason = failed.result.clone().err().unwrap_or_default();
             return Err(anyhow!(
@@ -149,10 +155,12 @@ impl Sensor {
     /// Tries each program on its own (for `sensor check`); never fails as a whole
     /// once the object loads.
     pub fn probe_each() -> anyhow::Result<Vec<ProbeStatus>> {
-        let (mut ebpf, resolved) = open(Capacity {
+        let opts = LoadOptions {
             processes: names::DEFAULT_MAX_PROCS,
-        })?;
-        attach_all(&mut ebpf, &resolved)
+            btf: PathBuf::from(offsets::VMLINUX_BTF),
+        };
+        let (mut ebpf, resolved) = open(&opts)?;
+        attach_all(&mut ebpf, &resolved, &opts.btf)
     }
 
     /// Makes the kernel recompute every cached watched decision (after the
@@ -229,6 +237,13 @@ impl Sensor {
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
+    /// The identity of one process.
+    pub fn info(&self, tgid: u32) -> Option<ProcInfo> {
+        let map: HashMap<&MapData, u32, ProcInfo> =
+            HashMap::try_from(map(&self.ebpf, names::PROC_INFO).ok()?).ok()?;
+        map.get(&tgid, 0).ok()
+    }
+
     /// What `tgid` executed, if its exec happened while the sensor ran.
     pub fn exec_info(&self, tgid: u32) -> Option<ExecInfo> {
         let map: HashMap<&MapData, u32, ExecInfo> =
@@ -298,24 +313,34 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::ma
 
 /// Loads the object with this kernel's offsets and the map sizes (programs
 /// are not loaded into the kernel yet).
-fn open(capacity: Capacity) -> anyhow::Result<(Ebpf, offsets::Resolved)> {
+fn open(opts: &LoadOptions) -> anyhow::Result<(Ebpf, offsets::Resolved)> {
     raise_memlock_limit();
-    let resolved = offsets::resolve_offsets(Path::new(offsets::VMLINUX_BTF))?;
-    let procs = capacity.processes;
+    let resolved = offsets::resolve_offsets(&opts.btf)?;
+    let procs = opts.processes;
     let ebpf = EbpfLoader::new()
         .override_global(names::OFFSETS_GLOBAL, &resolved.offsets, true)
-        .map_max_entries(names::PROC_STATS, procs)
+        // One more each for the overflow entries.
+        .map_max_entries(names::PROC_STATS, procs + 1)
         .map_max_entries(names::PROC_INFO, procs)
         .map_max_entries(names::FILE_STATS, procs)
-        .map_max_entries(names::SEND_STATS, procs.saturating_mul(2))
+        .map_max_entries(names::SEND_STATS, procs.saturating_mul(2) + 1)
         .map_max_entries(names::WATCHED_MMAPS, procs)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps)")?;
     Ok((ebpf, resolved))
 }
 
-fn attach_all(ebpf: &mut Ebpf, resolved: &offsets::Resolved) -> anyhow::Result<Vec<ProbeStatus>> {
-    let btf = Btf::from_sys_fs().context("reading kernel BTF for attach points")?;
+fn attach_all(
+    ebpf: &mut Ebpf,
+    resolved: &offsets::Resolved,
+    btf_path: &Path,
+) -> anyhow::Result<Vec<ProbeStatus>> {
+    let btf = Btf::parse_file(btf_path, Endianness::default()).with_context(|| {
+        format!(
+            "reading kernel BTF {} for attach points",
+            btf_path.display()
+        )
+    })?;
     let mut out = Vec::new();
     for spec in PROBES {
         let result = match (&resolved.io_uring_missing, spec.needs_io_uring) {
@@ -357,6 +382,33 @@ fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProbeSpec) -> anyhow::Result<()
         }
         _ => return Err(anyhow!("unknown hook kind {}", spec.hook)),
     }
+    Ok(())
+}
+
+/// The entries the kernel falls back to when a per-process or
+/// per-destination map is full, so bytes stay in the totals.
+fn reserve_overflow(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+    {
+        let mut procs: PerCpuHashMap<&mut MapData, u32, ProcCounters> =
+            PerCpuHashMap::try_from(map_mut(ebpf, names::PROC_STATS)?)?;
+        let zero = PerCpuValues::try_from(vec![ProcCounters::default(); cpus])?;
+        procs
+            .insert(OVERFLOW_TGID, zero, 0)
+            .context("reserving the overflow process entry")?;
+    }
+    let mut sends: PerCpuHashMap<&mut MapData, SendKey, SendCounters> =
+        PerCpuHashMap::try_from(map_mut(ebpf, names::SEND_STATS)?)?;
+    let key = SendKey {
+        tgid: OVERFLOW_TGID,
+        family: FAMILY_OVERFLOW,
+        port: 0,
+        addr: [0; 16],
+    };
+    let zero = PerCpuValues::try_from(vec![SendCounters::default(); cpus])?;
+    sends
+        .insert(key, zero, 0)
+        .context("reserving the overflow destination entry")?;
     Ok(())
 }
 

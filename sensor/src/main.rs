@@ -18,12 +18,14 @@ mod offsets;
 mod paths;
 mod pipeline;
 mod pods;
+mod privilege;
 mod procmeta;
 mod resident;
 mod size;
 mod sysinfo;
 mod tail;
 mod watch;
+mod webconfig;
 
 use std::process::ExitCode;
 

@@ -19,6 +19,7 @@ pub struct Metrics {
     lost: IntCounterVec,
     tracked: IntGauge,
     pub detector_actors: IntGauge,
+    pub detector_evicted: prometheus::IntCounter,
     pub tail_clients: IntGauge,
     pub tail_dropped: prometheus::IntCounter,
     probe_info: IntGaugeVec,
@@ -81,6 +82,11 @@ impl Metrics {
             "Actors (processes, sessions, containers) with activity in the detection window.",
         )?;
         registry.register(Box::new(detector_actors.clone()))?;
+        let detector_evicted = prometheus::IntCounter::new(
+            "sensor_detector_actors_evicted_total",
+            "Actors forgotten before their window ended because the detector held its maximum.",
+        )?;
+        registry.register(Box::new(detector_evicted.clone()))?;
         let tail_clients =
             IntGauge::new("sensor_tail_clients", "`sensor tail` clients connected.")?;
         registry.register(Box::new(tail_clients.clone()))?;
@@ -118,6 +124,7 @@ impl Metrics {
             lost,
             tracked,
             detector_actors,
+            detector_evicted,
             tail_clients,
             tail_dropped,
             probe_info,

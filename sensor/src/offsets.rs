@@ -11,8 +11,12 @@ use sensor_common::{offsets::OFFSETS_MAGIC, Offsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
-    #[error("cannot read kernel BTF at {path}: {source}")]
-    Open { path: String, source: btf_rs::Error },
+    #[error("cannot read kernel BTF at {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
     #[error("kernel BTF: struct {strukt} has no member {member}")]

@@ -63,10 +63,22 @@ impl Pipeline {
 
     /// Reads the kernel maps once and carries the result through.
     pub fn poll(&mut self, sensor: &mut Sensor) -> anyhow::Result<PollOutput> {
+        // Identities first: a process seen exited here did all its I/O
+        // before the counters below are read, so forgetting it after this
+        // poll loses nothing (the other order would drop its last bytes).
+        let infos = sensor.read_infos()?;
         let mmaps = sensor.read_mmaps()?;
+        let counters = sensor.read_counters()?;
+        let known: std::collections::HashSet<u32> = infos.iter().map(|(t, _)| *t).collect();
+        let late_infos = counters
+            .iter()
+            .filter(|(t, _)| !known.contains(t))
+            .filter_map(|(t, _)| sensor.info(*t).map(|i| (*t, i)))
+            .collect();
         let snapshot = Snapshot {
-            counters: sensor.read_counters()?,
-            infos: sensor.read_infos()?,
+            infos,
+            late_infos,
+            counters,
             sends: sensor.read_sends()?,
             files: sensor.read_files()?,
             resident: resident::sample_all(&mmaps),
@@ -108,6 +120,11 @@ impl Pipeline {
         self.metrics
             .detector_actors
             .set(self.detector.actors() as i64);
+        let evicted = self
+            .detector
+            .evicted
+            .saturating_sub(self.metrics.detector_evicted.get());
+        self.metrics.detector_evicted.inc_by(evicted);
         if !poll.forget_tgids.is_empty() || !poll.forget_mmaps.is_empty() {
             sensor.forget(
                 &poll.forget_tgids,

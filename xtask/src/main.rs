@@ -1,5 +1,6 @@
 //! Build, setup and test automation: `cargo xtask <command>`.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -31,6 +32,19 @@ enum Cmd {
     },
     /// Lint (fmt, clippy for user space and, separately, the eBPF crate).
     Lint,
+    /// Measure the agent's overhead against bare runs and a bpftrace
+    /// baseline; writes docs/BENCHMARKS.md.
+    Bench {
+        /// A tiny run (64 MiB, one repetition, debug build): a smoke test.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved repetitions (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Where the report goes.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Set up, lint, build, and run every test (unit and integration, as
     /// root, against the running kernel).
     Test {
@@ -58,6 +72,12 @@ fn main() -> Result<()> {
                 .status()
                 .with_context(|| format!("running {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Bench { quick, reps, out } => {
+            setup::build()?;
+            let reps = if quick { 1 } else { reps.max(1) };
+            let out = out.unwrap_or_else(|| root.join("docs/BENCHMARKS.md"));
+            bench::run(&root, &bench::Options { quick, reps, out })
         }
         Cmd::Lint => {
             setup::run()?;
@@ -135,6 +155,18 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         );
     }
     cargo(root, &["build", "-p", "sensor", "-p", "tests", "--bins"])?;
+    if filter.is_none() {
+        // Smoke test: the benchmark still runs (tiny, debug build; no timing asserted).
+        eprintln!("+ cargo xtask bench --quick");
+        bench::run(
+            root,
+            &bench::Options {
+                quick: true,
+                reps: 1,
+                out: root.join("target/bench-smoke.md"),
+            },
+        )?;
+    }
     let mut args = vec![
         "test",
         "--workspace",
@@ -161,6 +193,18 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     result?;
     if !leftovers.is_empty() {
         bail!("tests left things behind: {}", leftovers.join("; "));
+    }
+    if filter.is_none() {
+        // Smoke test: the benchmark still runs (tiny, debug build; no timing asserted).
+        eprintln!("+ cargo xtask bench --quick");
+        bench::run(
+            root,
+            &bench::Options {
+                quick: true,
+                reps: 1,
+                out: root.join("target/bench-smoke.md"),
+            },
+        )?;
     }
     Ok(())
 }

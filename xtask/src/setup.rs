@@ -48,6 +48,16 @@ pub fn test_tools() -> Result<()> {
     ])
 }
 
+/// What `cargo xtask bench` runs: the bpftrace baseline and iperf3.
+pub fn bench_tools() -> Result<()> {
+    debian_packages(&[
+        ("bpftrace", "bpftrace"),
+        ("iperf3", "iperf3"),
+        ("ip", "iproute2"),
+        ("bpftool", "bpftool"),
+    ])
+}
+
 /// Manifest linters from PyPI (for the deployment tests), run as
 /// `python3 -m MODULE` so no PATH shim is needed.
 fn python_tools(needed: &[(&str, &str)]) -> Result<()> {

@@ -12,7 +12,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     arch, counters,
-    kernel::{offsets_ready, read},
+    kernel::{load, offsets_ready},
     mmap, proc, reads,
 };
 
@@ -30,8 +30,9 @@ fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
     if ret <= 0 {
         return Ok(());
     }
+    // `regs` is a BTF pointer: direct loads, no helper call.
     let regs: *const u8 = ctx.arg(0);
-    let nr: i64 = read(regs, arch::REGS_SYSCALL_NR)?;
+    let nr: i64 = load(regs, arch::REGS_SYSCALL_NR);
     let fd_offset = match arch::source_fd_arg(nr) {
         Some(0) => arch::REGS_ARGS[0],
         Some(_) => arch::REGS_ARGS[1],
@@ -47,12 +48,12 @@ fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
     if !offsets_ready() {
         return Ok(());
     }
-    let fd: u64 = read(regs, fd_offset)?;
+    let fd: u64 = load(regs, fd_offset);
     let Some(file) = reads::fd_to_file(fd)? else {
         return Ok(());
     };
     if nr == arch::NR_MMAP {
-        let len: u64 = read(regs, arch::REGS_ARGS[1])?;
+        let len: u64 = load(regs, arch::REGS_ARGS[1]);
         return mmap::on_mmap(file, ret as u64, len);
     }
     reads::count_file_read(file, ret as u64)

@@ -12,11 +12,14 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::BtfTracePointContext,
 };
-use sensor_common::{counter, maps, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX};
+use sensor_common::{
+    counter, maps, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW,
+    OVERFLOW_TGID,
+};
 
 use crate::{
     counters,
-    kernel::{off, offsets_ready, read},
+    kernel::{load, off, offsets_ready, read},
     proc, udp_dest,
 };
 
@@ -39,8 +42,9 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
     if ret <= 0 || !offsets_ready() {
         return Ok(());
     }
+    // `sk` is a BTF pointer: `sock_common` fields are direct loads.
     let sk: *const u8 = ctx.arg(0);
-    let family: u16 = read(sk, off!(sk_family))?;
+    let family: u16 = load(sk, off!(sk_family));
     let tgid = proc::current_tgid();
     let mut key = SendKey {
         tgid,
@@ -50,20 +54,20 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
     };
     match family {
         AF_INET => {
-            let addr: [u8; 4] = read(sk, off!(sk_daddr))?;
-            key.addr[..4].copy_from_slice(&addr);
-            key.port = u16::from_be(read(sk, off!(sk_dport))?);
+            let addr: u32 = load(sk, off!(sk_daddr));
+            key.addr[..4].copy_from_slice(&addr.to_ne_bytes());
+            key.port = u16::from_be(load(sk, off!(sk_dport)));
         }
         AF_INET6 => {
             key.addr = read(sk, off!(sk_v6_daddr))?;
-            key.port = u16::from_be(read(sk, off!(sk_dport))?);
+            key.port = u16::from_be(load(sk, off!(sk_dport)));
         }
         AF_UNIX => {}
         _ => return Ok(()),
     }
     if family != AF_UNIX && key.port == 0 && key.addr == [0; 16] {
         // Unconnected UDP: the destination the cgroup hook saw for this socket.
-        let cookie: u64 = read(sk, off!(sk_cookie))?;
+        let cookie: u64 = load(sk, off!(sk_cookie));
         if let Some(dest) = udp_dest::take(cookie) {
             key.family = dest.family;
             key.port = dest.port;
@@ -77,10 +81,28 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
         (*c).sent_bytes += bytes;
         (*c).send_ops += 1;
     }
-    if SEND_STATS.get_ptr_mut(key).is_none() {
-        let _ = SEND_STATS.insert(key, SendCounters::default(), BPF_NOEXIST as u64);
-    }
-    let slot = SEND_STATS.get_ptr_mut(key).ok_or(counter::SEND_MAP_FULL)?;
+    let slot = match SEND_STATS.get_ptr_mut(key) {
+        Some(slot) => slot,
+        None => {
+            let _ = SEND_STATS.insert(key, SendCounters::default(), BPF_NOEXIST as u64);
+            match SEND_STATS.get_ptr_mut(key) {
+                Some(slot) => slot,
+                None => {
+                    // Full: the reserved entry keeps the bytes (destination unknown).
+                    counters::bump(counter::SEND_MAP_FULL);
+                    let overflow = SendKey {
+                        tgid: OVERFLOW_TGID,
+                        family: FAMILY_OVERFLOW,
+                        port: 0,
+                        addr: [0; 16],
+                    };
+                    SEND_STATS
+                        .get_ptr_mut(overflow)
+                        .ok_or(counter::SEND_MAP_FULL)?
+                }
+            }
+        }
+    };
     // SAFETY: as above.
     unsafe {
         (*slot).bytes += bytes;

@@ -25,7 +25,7 @@ use crate::{
     cli::{RunArgs, TailArgs},
     config::Config,
     failure::Failure,
-    loader::{Capacity, Sensor},
+    loader::{LoadOptions, Sensor},
     metrics::Metrics,
     pipeline::Pipeline,
     sysinfo,
@@ -194,10 +194,12 @@ async fn standalone(
     out: &mut Output<impl std::io::Write>,
 ) -> anyhow::Result<()> {
     let watch = WatchSet::resolve(&cfg.watch)?;
+    crate::privilege::require_bpf()?;
     let mut sensor = Sensor::load(
         &watch,
-        Capacity {
+        &LoadOptions {
             processes: cfg.max_processes,
+            btf: cfg.btf_path.clone(),
         },
     )?;
     let metrics = Metrics::new(cfg.max_comm_labels, &sysinfo::kernel_release())?;

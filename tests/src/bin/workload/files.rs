@@ -8,8 +8,13 @@ use std::{
 
 use crate::{check, die, report, Args};
 
-/// `read --file F --bs N --mode read|pread|readv|preadv|preadv2|odirect`
+/// `read --file F --bs N --mode read|pread|readv|preadv|preadv2|odirect
+/// [--for-secs S]`: the whole file once, or (with `--for-secs`) over and over
+/// until S seconds passed (a syscall storm); reports bytes and calls.
 pub fn read(a: &Args) -> Result<()> {
+    let deadline = a
+        .opt("for-secs")
+        .map(|_| std::time::Instant::now() + std::time::Duration::from_secs(a.num("for-secs")));
     let mode = a.opt("mode").unwrap_or("read");
     let bs = a.num("bs") as usize;
     let mut opts = std::fs::OpenOptions::new();
@@ -24,6 +29,8 @@ pub fn read(a: &Args) -> Result<()> {
     let shift = storage.as_ptr().align_offset(4096);
     let buf = &mut storage[shift..shift + bs];
     let mut total = 0u64;
+    let mut calls = 0u64;
+    let mut off: u64 = 0;
     loop {
         let p = buf.as_mut_ptr().cast::<libc::c_void>();
         let iov = [
@@ -36,24 +43,40 @@ pub fn read(a: &Args) -> Result<()> {
                 iov_len: bs - bs / 2,
             },
         ];
-        let off = total as libc::off_t;
+        let off_t = off as libc::off_t;
         // SAFETY: buffers are valid for their lengths; fd is open.
         let n = check(unsafe {
             match mode {
                 "read" | "odirect" => libc::read(fd, p, bs),
-                "pread" => libc::pread(fd, p, bs, off),
+                "pread" => libc::pread(fd, p, bs, off_t),
                 "readv" => libc::readv(fd, iov.as_ptr(), 2),
-                "preadv" => libc::preadv(fd, iov.as_ptr(), 2, off),
-                "preadv2" => libc::preadv2(fd, iov.as_ptr(), 2, off, libc::RWF_HIPRI),
+                "preadv" => libc::preadv(fd, iov.as_ptr(), 2, off_t),
+                "preadv2" => libc::preadv2(fd, iov.as_ptr(), 2, off_t, libc::RWF_HIPRI),
                 _ => die("unknown --mode"),
             }
         })?;
-        if n == 0 {
-            break;
-        }
+        calls += 1;
         total += n as u64;
+        off += n as u64;
+        match deadline {
+            // Storm: start over at the end, check the clock now and then.
+            Some(d) => {
+                if n == 0 {
+                    off = 0;
+                    // SAFETY: rewinding an open file.
+                    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+                }
+                if calls.is_multiple_of(4096) && std::time::Instant::now() >= d {
+                    break;
+                }
+            }
+            None if n == 0 => break,
+            None => {}
+        }
     }
-    report(&[("read_bytes", total)]);
+    report(&[("read_bytes", total), ("read_calls", calls)]);
+    // Stay alive a while (a live process holds its kernel map entries).
+    std::thread::sleep(std::time::Duration::from_millis(a.num_or("hold-ms", 0)));
     Ok(())
 }
 

@@ -78,7 +78,10 @@ pub fn check(ret: isize) -> std::io::Result<usize> {
 }
 
 fn main() {
-    let raw: Vec<String> = std::env::args().collect();
+    // argv[0] may be any bytes (the hostile-name tests): lossy, never a panic.
+    let raw: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let cmd = raw.get(1).map(String::as_str).unwrap_or("");
     let args = Args::parse(raw.get(2..).unwrap_or(&[]));
     let result = match cmd {
