@@ -49,9 +49,13 @@ pub struct Resolved {
 /// every program needs (an error when missing) and io_uring's (reported in
 /// [`Resolved::io_uring_missing`]).
 pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
-    let btf = Btf::from_file(path).map_err(|source| OffsetError::Open {
-        path: path.display().to_string(),
-        source,
+    // Mmap: parse on demand instead of building the whole type table (the
+    // agent's start-up memory peak).
+    let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap).map_err(|source| {
+        OffsetError::Open {
+            path: path.display().to_string(),
+            source,
+        }
     })?;
     let r = Resolver { btf: &btf };
     let sid = r.enum_value("pid_type", "PIDTYPE_SID")?;

@@ -194,18 +194,6 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if !leftovers.is_empty() {
         bail!("tests left things behind: {}", leftovers.join("; "));
     }
-    if filter.is_none() {
-        // Smoke test: the benchmark still runs (tiny, debug build; no timing asserted).
-        eprintln!("+ cargo xtask bench --quick");
-        bench::run(
-            root,
-            &bench::Options {
-                quick: true,
-                reps: 1,
-                out: root.join("target/bench-smoke.md"),
-            },
-        )?;
-    }
     Ok(())
 }
 
