@@ -35,6 +35,10 @@ pub fn sensor_bin() -> PathBuf {
     path
 }
 
+/// The detection thresholds the tests scale down to, by configuration:
+/// 16 MiB read, 8 MiB sent.
+pub const SCALED_THRESHOLDS: [&str; 4] = ["--min-read-bytes", "16MiB", "--min-send-bytes", "8MiB"];
+
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts).
 pub fn cgroup2_root() -> PathBuf {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");

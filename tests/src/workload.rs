@@ -81,6 +81,25 @@ fn parse(stdout: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("workload printed no report: {stdout}"))
 }
 
+/// Reads `file` and sends it over TCP to a sink at `peer`:`port`, as `comm`
+/// (`read-send` in a session of its own); waits for the sink to have it all
+/// and returns the workload's report (`pid`, `read_bytes`, `sent_bytes`, …).
+pub fn exfiltrate(
+    peer: &crate::netns::Peer,
+    comm: &str,
+    file: &std::path::Path,
+    port: u16,
+) -> serde_json::Value {
+    let to = format!("{}:{port}", peer.ip);
+    let mut cmd = peer.command(program("exfil-sink"));
+    cmd.args(["tcp-sink", "--listen", &to]);
+    let sink = Sink::start(cmd);
+    let file = file.to_str().expect("UTF-8 path");
+    let r = report(comm, &["read-send", "--file", file, "--to", &to]);
+    sink.finish();
+    r
+}
+
 /// A sink (server) started in the background; `finish` waits for its count.
 pub struct Sink {
     child: Child,

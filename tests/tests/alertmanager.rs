@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{agent::Agent, netns::Peer, scrape, workload, workload::Sink};
+use tests::{agent::Agent, netns::Peer, scrape, workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -89,26 +89,13 @@ impl Drop for Alertmanager {
     }
 }
 
-/// Reads a 32 MiB watched file and sends it to `peer`; returns the sender's pid.
+/// Writes 32 MiB of weights into `dir` and sends them to `peer`; returns the sender's pid.
 fn exfiltrate(dir: &std::path::Path, peer: &Peer, comm: &str, port: u16) -> u64 {
     let weights = dir.join("w.safetensors");
     std::fs::write(&weights, vec![5u8; 32 * MIB as usize]).unwrap();
-    let to = format!("{}:{port}", peer.ip);
-    let mut cmd = peer.command(workload::program("am-sink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
-    let sink = Sink::start(cmd);
-    let r = workload::report(
-        comm,
-        &[
-            "read-send",
-            "--file",
-            weights.to_str().unwrap(),
-            "--to",
-            &to,
-        ],
-    );
-    sink.finish();
-    r["pid"].as_u64().expect("pid")
+    workload::exfiltrate(peer, comm, &weights, port)["pid"]
+        .as_u64()
+        .expect("pid")
 }
 
 const THRESHOLDS: [&str; 6] = [

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{agent::Agent, netns::Peer, scrape, workload, workload::Sink};
+use tests::{agent::Agent, netns::Peer, scrape, workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -144,48 +144,26 @@ fn shipped_rules_are_valid_and_the_prometheusrule_matches_them() {
     );
 }
 
-/// Exfiltration seen by the agent: returns (agent, the alert line, scrape text).
-fn exfil_scene(subnet: u8, extra: &[&str]) -> (Agent, tempfile::TempDir, Peer, u64) {
+/// An agent that watched an exfiltration and alerted on it.
+fn exfil_scene(subnet: u8) -> (Agent, tempfile::TempDir, Peer) {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("m.safetensors");
     std::fs::write(&weights, vec![9u8; 32 * MIB as usize]).unwrap();
     let peer = Peer::new(subnet);
-    let mut args = vec![
-        "--watch",
-        dir.path().to_str().unwrap(),
-        "--min-read-bytes",
-        "16MiB",
-        "--min-send-bytes",
-        "8MiB",
-    ];
-    args.extend_from_slice(extra);
+    let mut args = vec!["--watch", dir.path().to_str().unwrap()];
+    args.extend_from_slice(&tests::SCALED_THRESHOLDS);
     let agent = Agent::start(&args);
-    let to = format!("{}:9100", peer.ip);
-    let mut cmd = peer.command(workload::program("dp-sink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
-    let sink = Sink::start(cmd);
-    let comm = format!("dp-exfil-{subnet}");
-    let r = workload::report(
-        &comm,
-        &[
-            "read-send",
-            "--file",
-            weights.to_str().unwrap(),
-            "--to",
-            &to,
-        ],
-    );
-    sink.finish();
+    let r = workload::exfiltrate(&peer, &format!("dp-exfil-{subnet}"), &weights, 9100);
     let pid = r["pid"].as_u64().unwrap();
     agent.wait_for_alert(Duration::from_secs(15), "exfiltration", |a| {
         a["pid"].as_u64() == Some(pid)
     });
-    (agent, dir, peer, pid)
+    (agent, dir, peer)
 }
 
 #[test]
 fn dashboard_queries_and_promtool_lint_a_real_scrape() {
-    let (agent, _dir, _peer, _) = exfil_scene(120, &[]);
+    let (agent, _dir, _peer) = exfil_scene(120);
     let metrics = scrape::get(&agent.metrics_url).unwrap();
     // promtool's own linter on what the agent serves.
     let mut child = Command::new("promtool")
@@ -349,21 +327,7 @@ fn prometheus_scrapes_and_the_shipped_rule_reaches_alertmanager() {
     let weights = agent_dir.join("m.safetensors");
     std::fs::write(&weights, vec![9u8; 32 * MIB as usize]).unwrap();
     let peer = Peer::new(121);
-    let to = format!("{}:9101", peer.ip);
-    let mut cmd = peer.command(workload::program("dp-sink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
-    let sink = Sink::start(cmd);
-    workload::report(
-        "dp-e2e",
-        &[
-            "read-send",
-            "--file",
-            weights.to_str().unwrap(),
-            "--to",
-            &to,
-        ],
-    );
-    sink.finish();
+    workload::exfiltrate(&peer, "dp-e2e", &weights, 9101);
     // The rule's alert arrives in Alertmanager.
     let deadline = Instant::now() + Duration::from_secs(60);
     let alert = loop {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{agent::Agent, assert_within, netns::Peer, workload, workload::Sink};
+use tests::{agent::Agent, assert_within, netns::Peer, workload};
 
 const MIB: u64 = 1 << 20;
 
@@ -102,17 +102,6 @@ impl Drop for Tail {
     }
 }
 
-/// Reads the weights and sends them to the peer as `comm`; returns the report.
-fn exfil(peer: &Peer, file: &str, comm: &str, port: u16) -> Value {
-    let to = format!("{}:{port}", peer.ip);
-    let mut cmd = peer.command(workload::program("tl-sink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
-    let sink = Sink::start(cmd);
-    let r = workload::report(comm, &["read-send", "--file", file, "--to", &to]);
-    sink.finish();
-    r
-}
-
 fn check_totals(tail: &Tail, r: &Value, what: &str) {
     let pid = r["pid"].as_u64().unwrap();
     let (read, sent) = (
@@ -162,7 +151,7 @@ fn attached_json_sums_to_the_workload_and_filters_others() {
         &["read", "--file", &file, "--bs", "65536"],
         "read_bytes",
     );
-    let r = exfil(&peer, &file, "tl-work", 9001);
+    let r = workload::exfiltrate(&peer, "tl-work", Path::new(&file), 9001);
     check_totals(&tail, &r, "attached");
     let lines = tail.json();
     let pid = r["pid"].as_u64().unwrap();
@@ -219,7 +208,7 @@ fn standalone_mode_shows_the_same() {
         "--comm",
         "tl-solo",
     ]);
-    let r = exfil(&peer, &file, "tl-solo", 9002);
+    let r = workload::exfiltrate(&peer, "tl-solo", Path::new(&file), 9002);
     check_totals(&tail, &r, "standalone");
 }
 
@@ -260,7 +249,7 @@ fn human_view_in_a_terminal() {
     }
     let _kill = Kill(session.clone());
     std::thread::sleep(Duration::from_millis(500));
-    let r = exfil(&peer, &file, "tl-tmux", 9003);
+    let r = workload::exfiltrate(&peer, "tl-tmux", Path::new(&file), 9003);
     let pid = r["pid"].to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     let screen = loop {
