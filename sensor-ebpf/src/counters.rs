@@ -5,13 +5,15 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use sensor_common::counter;
 
+use crate::atomic;
+
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 #[inline(always)]
 pub fn bump(reason: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(reason) {
-        // SAFETY: a per-CPU slot, written only by programs on this CPU.
-        unsafe { *slot += 1 };
+        // A per-CPU slot; atomic in case two tasks on this CPU interleave.
+        atomic::add(slot, 1);
     }
 }

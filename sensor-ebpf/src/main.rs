@@ -1,7 +1,11 @@
 #![no_std]
 #![no_main]
+// Atomic adds on map values (no `fetch_add` in `core` for the BPF target).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod arch;
+mod atomic;
 mod counters;
 mod kernel;
 mod mmap;

@@ -9,6 +9,7 @@ use aya_ebpf::{
 use sensor_common::{counter, maps, FileKey, InodeKey};
 
 use crate::{
+    atomic,
     kernel::{current_task_btf, load, off, read, read_ptr},
     proc, watch,
 };
@@ -133,11 +134,11 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
     let c = proc::counters_of(tgid)?;
     // SAFETY: this CPU's slot of a per-CPU entry.
     unsafe {
-        (*c).read_bytes += bytes;
-        (*c).read_ops += 1;
+        atomic::add(&raw mut (*c).read_bytes, bytes);
+        atomic::add(&raw mut (*c).read_ops, 1);
         if watched {
-            (*c).watched_read_bytes += bytes;
-            (*c).watched_read_ops += 1;
+            atomic::add(&raw mut (*c).watched_read_bytes, bytes);
+            atomic::add(&raw mut (*c).watched_read_ops, 1);
         }
     }
     if watched {
@@ -163,6 +164,6 @@ fn add_file_bytes(key: FileKey, bytes: u64) -> Result<(), u32> {
         }
     };
     // SAFETY: this CPU's slot of a per-CPU entry.
-    unsafe { *slot += bytes };
+    atomic::add(slot, bytes);
     Ok(())
 }

@@ -18,7 +18,7 @@ use sensor_common::{
 };
 
 use crate::{
-    counters,
+    atomic, counters,
     kernel::{load, off, offsets_ready, read},
     proc, udp_dest,
 };
@@ -78,8 +78,8 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let c = proc::counters_of(tgid)?;
     // SAFETY: this CPU's slot of a per-CPU entry.
     unsafe {
-        (*c).sent_bytes += bytes;
-        (*c).send_ops += 1;
+        atomic::add(&raw mut (*c).sent_bytes, bytes);
+        atomic::add(&raw mut (*c).send_ops, 1);
     }
     let slot = match SEND_STATS.get_ptr_mut(key) {
         Some(slot) => slot,
@@ -105,8 +105,8 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
     };
     // SAFETY: as above.
     unsafe {
-        (*slot).bytes += bytes;
-        (*slot).ops += 1;
+        atomic::add(&raw mut (*slot).bytes, bytes);
+        atomic::add(&raw mut (*slot).ops, 1);
     }
     Ok(())
 }
