@@ -200,6 +200,38 @@ fn alert_for(s: &Scene, what: &str, scope: &str, r: &Value, key: &str, dest: &st
     expect_alert(s, what, scope, report_u(r, "pid"), report_u(r, key), dest)
 }
 
+/// The plain attack: `read-send` of the weights over `conns` TCP connections
+/// to the untrusted peer (IPv6 when `v6`), with `extra` options; a process alert.
+fn process_attack(
+    subnets: (u8, u8),
+    comm: &str,
+    port: u16,
+    v6: bool,
+    conns: u64,
+    extra: &[&str],
+    what: &str,
+) {
+    let s = Scene::new(subnets.0, subnets.1, &[]);
+    let host = if v6 {
+        format!("[{}]", s.untrusted.ip6)
+    } else {
+        s.untrusted.ip.to_string()
+    };
+    let to = format!("{host}:{port}");
+    let sink = s.sink(&s.untrusted, "tcp", &to, conns);
+    let conns = conns.to_string();
+    let mut args = vec!["--conns", conns.as_str()];
+    args.extend_from_slice(extra);
+    let r = read_send(&s, comm, &to, &args);
+    assert_eq!(sink.finish(), FILE_BYTES);
+    let dest = if v6 {
+        s.untrusted.ip6.to_string()
+    } else {
+        s.untrusted.ip.to_string()
+    };
+    alert_for(&s, what, "process", &r, "crossed_ms", &dest);
+}
+
 fn report_u(r: &Value, k: &str) -> u64 {
     r[k].as_u64()
         .unwrap_or_else(|| panic!("workload report has no {k}: {r}"))
@@ -417,53 +449,33 @@ fn attack_reader_pipes_to_a_child_that_sends() {
 
 #[test]
 fn attack_small_chunks_over_several_connections() {
-    let s = Scene::new(72, 73, &[]);
-    let to = format!("{}:8007", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 8);
-    let r = read_send(&s, "dt-chunks", &to, &["--chunk", "4096", "--conns", "8"]);
-    assert_eq!(sink.finish(), FILE_BYTES);
-    alert_for(
-        &s,
+    process_attack(
+        (72, 73),
+        "dt-chunks",
+        8007,
+        false,
+        8,
+        &["--chunk", "4096"],
         "4 KiB chunks over 8 connections",
-        "process",
-        &r,
-        "crossed_ms",
-        &s.untrusted.ip.to_string(),
     );
 }
 
 #[test]
 fn attack_bursts_spread_over_the_window() {
-    let s = Scene::new(74, 75, &[]);
-    let to = format!("{}:8008", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = read_send(&s, "dt-bursts", &to, &["--bursts", "4", "--gap-ms", "1500"]);
-    assert_eq!(sink.finish(), FILE_BYTES);
-    alert_for(
-        &s,
+    process_attack(
+        (74, 75),
+        "dt-bursts",
+        8008,
+        false,
+        1,
+        &["--bursts", "4", "--gap-ms", "1500"],
         "4 bursts 1.5 s apart",
-        "process",
-        &r,
-        "crossed_ms",
-        &s.untrusted.ip.to_string(),
     );
 }
 
 #[test]
 fn attack_ipv6_destination() {
-    let s = Scene::new(76, 77, &[]);
-    let to = format!("[{}]:8009", s.untrusted.ip6);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = read_send(&s, "dt-ipv6", &to, &[]);
-    assert_eq!(sink.finish(), FILE_BYTES);
-    alert_for(
-        &s,
-        "IPv6",
-        "process",
-        &r,
-        "crossed_ms",
-        &s.untrusted.ip6.to_string(),
-    );
+    process_attack((76, 77), "dt-ipv6", 8009, true, 1, &[], "IPv6");
 }
 
 #[test]

@@ -61,17 +61,11 @@ pub fn bench_tools() -> Result<()> {
 /// Manifest linters from PyPI (for the deployment tests), run as
 /// `python3 -m MODULE` so no PATH shim is needed.
 fn python_tools(needed: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(module, _)| {
-            Command::new("python3")
-                .args(["-c", &format!("import {module}")])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-        })
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let missing = missing(needed, |module| {
+        let mut c = Command::new("python3");
+        c.args(["-c", &format!("import {module}")]);
+        c
+    });
     if missing.is_empty() {
         return Ok(());
     }
@@ -184,17 +178,11 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn debian_packages(needed: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(bin, _)| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {bin}")])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-        })
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let missing = missing(needed, |bin| {
+        let mut c = Command::new("sh");
+        c.args(["-c", &format!("command -v {bin}")]);
+        c
+    });
     if missing.is_empty() {
         return Ok(());
     }
@@ -206,4 +194,19 @@ fn debian_packages(needed: &[(&str, &str)]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// The packages (second of each pair) whose probe (first) fails, each once.
+fn missing<'a>(needed: &[(&str, &'a str)], probe: impl Fn(&str) -> Command) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for (what, pkg) in needed {
+        let absent = probe(what)
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true);
+        if absent && !out.contains(pkg) {
+            out.push(pkg);
+        }
+    }
+    out
 }
