@@ -213,19 +213,21 @@ impl Sinks {
     }
 }
 
+/// A field of an alert object as text: strings as they are, other values
+/// in JSON, absent fields empty.
+pub fn field_text(alert: &serde_json::Value, key: &str) -> String {
+    match alert.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
 /// Alertmanager v2 alert: labels identify the actor; the whole alert rides
 /// in an annotation.
 fn alertmanager_body(line: &str, generator_url: &str, now: SystemTime) -> Option<String> {
     let a: serde_json::Value = serde_json::from_str(line).ok()?;
-    let s = |k: &str| {
-        a.get(k)
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            })
-            .unwrap_or_default()
-    };
+    let s = |k: &str| field_text(&a, k);
     let window = a
         .get("window_s")
         .and_then(serde_json::Value::as_u64)

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use super::record::ActivityRecord;
-use crate::size::format_size;
+use crate::{alerts::field_text, size::format_size};
 
 pub const HEADER: &str = "TIME      PID      COMM             CONTAINER     READ        WATCHED     SENT        UNTRUSTED   TOP DESTINATION";
 
@@ -34,15 +34,7 @@ pub fn line(r: &ActivityRecord) -> String {
 
 /// An alert as one line for a person.
 pub fn alert_line(a: &serde_json::Value) -> String {
-    let s = |k: &str| {
-        a.get(k)
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            })
-            .unwrap_or_default()
-    };
+    let s = |k: &str| field_text(a, k);
     let n = |k: &str| format_size(a.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0));
     let dest = a["destinations"][0]["addr"].as_str().unwrap_or("-");
     format!(

@@ -7,12 +7,11 @@ use std::{
     fs::File,
     io::{Read, Result, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     process::{Command, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::{die, report, Args};
+use crate::{die, files, report, Args};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -149,24 +148,8 @@ pub fn read_send(a: &Args) -> Result<()> {
 /// `mmap-send --file F --to ADDR [--mark-sent N]`: map the file and send
 /// straight from the mapping.
 pub fn mmap_send(a: &Args) -> Result<()> {
-    let f = File::open(a.str("file"))?;
-    let len = f.metadata()?.len() as usize;
-    // SAFETY: a fresh read-only shared mapping of an open file.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the mapping is `len` bytes long and stays until munmap below.
-    let data = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+    let map = files::Mapping::open(a.str("file"))?;
+    let data = map.bytes();
     let mut out = Sender::open(a, "to")?;
     for piece in data.chunks(65536) {
         out.send(piece)?;
@@ -175,11 +158,10 @@ pub fn mmap_send(a: &Args) -> Result<()> {
     out.finish()?;
     // Keep the mapping a moment, as a loader would while it uses the weights.
     std::thread::sleep(Duration::from_millis(a.num_or("hold-ms", 500)));
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(p, len) };
+    let mapped = data.len() as u64;
+    drop(map);
     report(&[
-        ("pid", std::process::id() as u64),
-        ("mapped_bytes", len as u64),
+        ("mapped_bytes", mapped),
         ("sent_bytes", sent),
         ("crossed_ms", crossed),
     ]);

@@ -80,42 +80,66 @@ pub fn read(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// A whole file mapped read-only and shared; unmapped on drop.
+pub struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    pub fn open(path: &str) -> Result<Mapping> {
+        let f = File::open(path)?;
+        let len = f.metadata()?.len() as usize;
+        // SAFETY: a fresh read-only shared mapping of an open file.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes long and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 /// `mmap --file F --touch N [--hold-ms M]`: map the whole file, read one
 /// byte of each 4 KiB page of the first N bytes, optionally keep the mapping.
 pub fn mmap(a: &Args) -> Result<()> {
-    let f = File::open(a.str("file"))?;
-    let len = f.metadata()?.len() as usize;
-    let touch = (a.num("touch") as usize).min(len);
-    // SAFETY: a fresh read-only shared mapping of an open file.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let base = p.cast::<u8>();
+    let map = Mapping::open(a.str("file"))?;
+    let data = map.bytes();
+    let touch = (a.num("touch") as usize).min(data.len());
     let mut sum = 0u64;
     let mut pages = 0u64;
     for off in (0..touch).step_by(4096) {
         // SAFETY: off < len, inside the mapping.
-        sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(base.add(off)) } as u64);
+        sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(data.as_ptr().add(off)) } as u64);
         pages += 1;
     }
     std::hint::black_box(sum);
     report(&[
         ("touched_bytes", pages * 4096),
-        ("mapped_bytes", len as u64),
+        ("mapped_bytes", data.len() as u64),
     ]);
     std::thread::sleep(std::time::Duration::from_millis(a.num_or("hold-ms", 0)));
-    // SAFETY: the mapping made above.
-    unsafe { libc::munmap(p, len) };
+    drop(map);
     Ok(())
 }
 
