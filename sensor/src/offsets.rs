@@ -4,10 +4,15 @@
 //! are refused, and each member's size is checked against what the programs
 //! read.
 
-use std::path::Path;
+use std::{os::fd::AsRawFd as _, path::Path};
 
 use btf_rs::{Btf, Type};
-use sensor_common::{offsets::OFFSETS_MAGIC, Offsets};
+use sensor_common::{
+    offsets::{
+        FEATURE_TASK_BTF, IO_URING_TP_CQE, IO_URING_TP_NONE, IO_URING_TP_RES_ARG, OFFSETS_MAGIC,
+    },
+    Offsets,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
@@ -33,6 +38,8 @@ pub enum OffsetError {
     Btf(#[from] btf_rs::Error),
     #[error("kernel BTF: enum value {0} not found")]
     NoEnumValue(String),
+    #[error("kernel BTF: no tracepoint {0}")]
+    NoTracepoint(String),
 }
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -45,27 +52,67 @@ pub struct Resolved {
     pub io_uring_missing: Option<String>,
 }
 
+/// Maps the BTF file: parsed on demand instead of building the whole type
+/// table (the agent's start-up memory peak). Kernels before 6.16 cannot
+/// mmap `/sys/kernel/btf/vmlinux` (ENODEV): its bytes are then copied into
+/// an anonymous memory file, which can be mapped.
+fn open_btf(path: &Path) -> Result<Btf, btf_rs::Error> {
+    match Btf::from_file_with_backend(path, btf_rs::Backend::Mmap) {
+        Err(btf_rs::Error::IO(e)) if e.raw_os_error() == Some(libc::ENODEV) => {
+            let copy = memfd_copy(path)?;
+            Btf::from_file_with_backend(
+                format!("/proc/self/fd/{}", copy.as_raw_fd()),
+                btf_rs::Backend::Mmap,
+            )
+        }
+        other => other,
+    }
+}
+
+fn memfd_copy(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: a NUL-terminated name; the new fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(c"sensor-btf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    let mut copy = unsafe { std::fs::File::from_raw_fd(fd) };
+    std::io::copy(&mut std::fs::File::open(path)?, &mut copy)?;
+    Ok(copy)
+}
+
 /// Reads the kernel BTF and resolves every offset of [`Offsets`]: the ones
 /// every program needs (an error when missing) and io_uring's (reported in
 /// [`Resolved::io_uring_missing`]).
 pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
     // Mmap: parse on demand instead of building the whole type table (the
     // agent's start-up memory peak).
-    let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap).map_err(|source| {
-        OffsetError::Open {
-            path: path.display().to_string(),
-            source,
-        }
+    let btf = open_btf(path).map_err(|source| OffsetError::Open {
+        path: path.display().to_string(),
+        source,
     })?;
     let r = Resolver { btf: &btf };
     let sid = r.enum_value("pid_type", "PIDTYPE_SID")?;
+    let io_uring_tp = r.io_uring_complete_shape();
     let io_uring = (|| -> Result<(u32, u32, u32), OffsetError> {
+        if io_uring_tp == IO_URING_TP_NONE {
+            return Err(OffsetError::NoTracepoint(
+                "io_uring_complete with a request argument (5.19+)".into(),
+            ));
+        }
         Ok((
             r.member("io_kiocb", &["opcode"], 1)?,
             r.member("io_kiocb", &["file"], 8)?,
             r.member("io_uring_cqe", &["res"], 4)?,
         ))
     })();
+    let mut features = 0;
+    if r.enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
+        .is_ok()
+    {
+        features |= FEATURE_TASK_BTF;
+    }
     let (req_opcode, req_file, cqe_res) = *io_uring.as_ref().unwrap_or(&(0, 0, 0));
     let offsets = Offsets {
         magic: OFFSETS_MAGIC,
@@ -107,6 +154,10 @@ pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
         mm_arg_start: r.member("mm_struct", &["arg_start"], 8)?,
         mm_arg_end: r.member("mm_struct", &["arg_end"], 8)?,
         bprm_filename: r.member("linux_binprm", &["filename"], 8)?,
+        file_private_data: r.member("file", &["private_data"], 8)?,
+        socket_sk: r.member("socket", &["sk"], 8)?,
+        features,
+        io_uring_tp,
     };
     Ok(Resolved {
         offsets,
@@ -226,6 +277,50 @@ impl Resolver<'_> {
             Type::Float(f) => f.size(),
             _ => 0,
         })
+    }
+
+    /// The parameters of tracepoint `name` (after the leading `void *`),
+    /// from its `btf_trace_NAME` typedef; `None` when the kernel has no such
+    /// tracepoint.
+    fn tracepoint_params(&self, name: &str) -> Option<Vec<Type>> {
+        let typedef = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Typedef(_)))?;
+        let Type::Ptr(ptr) = self.strip(typedef).ok()? else {
+            return None;
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else {
+            return None;
+        };
+        proto
+            .parameters
+            .iter()
+            .skip(1)
+            .map(|p| {
+                self.btf
+                    .resolve_chained_type(p)
+                    .map_err(OffsetError::from)
+                    .and_then(|t| self.strip(t))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+    }
+
+    /// Which `io_uring_complete` this kernel has (`IO_URING_TP_*`).
+    fn io_uring_complete_shape(&self) -> u32 {
+        let Some(params) = self.tracepoint_params("io_uring_complete") else {
+            return IO_URING_TP_NONE;
+        };
+        let is_ptr = |i: usize| matches!(params.get(i), Some(Type::Ptr(_)));
+        let is_int = |i: usize| matches!(params.get(i), Some(Type::Int(_)));
+        match params.len() {
+            3 if is_ptr(1) && is_ptr(2) => IO_URING_TP_CQE,
+            n if n >= 4 && is_ptr(1) && is_int(3) => IO_URING_TP_RES_ARG,
+            _ => IO_URING_TP_NONE,
+        }
     }
 
     fn enum_value(&self, enum_name: &str, value: &str) -> Result<u32, OffsetError> {
