@@ -49,6 +49,7 @@ pub const WATCH_CACHE_SIZE: u32 = 65_536;
 pub mod programs {
     pub const FILE_SYS_EXIT: &str = "file_sys_exit";
     pub const NET_SOCK_SEND_LENGTH: &str = "net_sock_send_length";
+    pub const NET_SYS_EXIT_SEND: &str = "net_sys_exit_send";
     pub const PROCESS_EXIT: &str = "process_exit";
     pub const PROCESS_EXEC: &str = "process_exec";
     pub const FILE_IO_URING_COMPLETE: &str = "file_io_uring_complete";

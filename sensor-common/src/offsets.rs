@@ -63,7 +63,27 @@ pub struct Offsets {
     pub mm_arg_end: u32,
     /// `linux_binprm.filename`
     pub bprm_filename: u32,
+    // sockets behind a file descriptor (the send-syscall fallback)
+    /// `file.private_data` (a `struct socket *` for sockets)
+    pub file_private_data: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `FEATURE_*` bits: what this kernel offers the programs.
+    pub features: u32,
+    /// How `io_uring_complete` passes the result: `IO_URING_TP_*`.
+    pub io_uring_tp: u32,
 }
+
+/// `bpf_get_current_task_btf` exists (5.11+): task fields are direct loads.
+/// Without it the programs read the task through `bpf_probe_read_kernel`.
+pub const FEATURE_TASK_BTF: u32 = 1;
+
+/// `io_uring_complete` has no request argument (before 5.19): not usable.
+pub const IO_URING_TP_NONE: u32 = 0;
+/// `(ctx, req, user_data, int res, cflags, extra1, extra2)` (5.19 – 6.2).
+pub const IO_URING_TP_RES_ARG: u32 = 1;
+/// `(ctx, req, struct io_uring_cqe *cqe)` (6.3+).
+pub const IO_URING_TP_CQE: u32 = 2;
 
 impl Offsets {
     /// The all-zero initializer the eBPF object is built with.
@@ -102,7 +122,11 @@ impl Offsets {
         mm_arg_start: 0,
         mm_arg_end: 0,
         bprm_filename: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        features: 0,
+        io_uring_tp: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 136);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 152);

@@ -188,7 +188,10 @@ pub mod counter {
     pub const FILE_MAP_FULL: u32 = 3;
     pub const KERNEL_READ_ERROR: u32 = 4;
     pub const MMAP_MAP_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// A `msg_len` of a sendmmsg vector could not be read back (the
+    /// send-syscall fallback): those messages' bytes are not counted.
+    pub const USER_READ_ERROR: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// The `reason` label of `sensor_lost_events_total`, by index.
     pub const REASONS: [&str; COUNT as usize] = [
         "proc_map_full",
@@ -197,6 +200,7 @@ pub mod counter {
         "file_map_full",
         "kernel_read_error",
         "mmap_map_full",
+        "user_read_error",
     ];
 }
 

@@ -20,6 +20,11 @@ mod imp {
     pub const NR_COPY_FILE_RANGE: i64 = 326;
     pub const NR_MMAP: i64 = 9;
     pub const NR_SETSID: i64 = 112;
+    pub const NR_WRITE: i64 = 1;
+    pub const NR_WRITEV: i64 = 20;
+    pub const NR_SENDTO: i64 = 44;
+    pub const NR_SENDMSG: i64 = 46;
+    pub const NR_SENDMMSG: i64 = 307;
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
@@ -38,6 +43,11 @@ mod imp {
     pub const NR_COPY_FILE_RANGE: i64 = 285;
     pub const NR_MMAP: i64 = 222;
     pub const NR_SETSID: i64 = 157;
+    pub const NR_WRITE: i64 = 64;
+    pub const NR_WRITEV: i64 = 66;
+    pub const NR_SENDTO: i64 = 206;
+    pub const NR_SENDMSG: i64 = 211;
+    pub const NR_SENDMMSG: i64 = 269;
 }
 
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
@@ -62,6 +72,27 @@ pub fn source_fd_arg(nr: i64) -> Option<usize> {
         Some(0)
     } else if nr == NR_SENDFILE {
         Some(1)
+    } else {
+        None
+    }
+}
+
+/// For syscalls whose positive return value is a count of bytes put into a
+/// file descriptor (sendmmsg: of messages): which argument holds it.
+/// write, writev, sendto (send), sendmsg, sendmmsg and sendfile (`out_fd`),
+/// splice (`fd_out`, the third).
+#[inline(always)]
+pub fn sink_fd_arg(nr: i64) -> Option<usize> {
+    if nr == NR_WRITE
+        || nr == NR_WRITEV
+        || nr == NR_SENDTO
+        || nr == NR_SENDMSG
+        || nr == NR_SENDMMSG
+        || nr == NR_SENDFILE
+    {
+        Some(0)
+    } else if nr == NR_SPLICE {
+        Some(2)
     } else {
         None
     }

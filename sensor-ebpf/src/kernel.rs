@@ -65,3 +65,38 @@ pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     // access into a fault-tolerant load checked against the kernel's BTF.
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset) as *const T) }
 }
+
+/// `bpf_get_current_task_btf` is available (5.11+). A frozen constant: the
+/// verifier drops the branch not taken, helper call included, so one object
+/// loads on kernels with and without it.
+#[inline(always)]
+pub fn has_task_btf() -> bool {
+    off!(features) as u32 & sensor_common::offsets::FEATURE_TASK_BTF != 0
+}
+
+/// How a kernel pointer is read: [`Direct`] loads through BTF-typed
+/// pointers, [`Probe`] helper reads through plain addresses. Code generic
+/// over it walks the same structures in both worlds.
+pub trait Mem {
+    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, u32>;
+}
+
+/// Direct loads (a `tp_btf` argument, `current_task_btf` and what they lead to).
+pub struct Direct;
+
+/// `bpf_probe_read_kernel` (addresses the verifier knows nothing about).
+pub struct Probe;
+
+impl Mem for Direct {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, u32> {
+        Ok(load(base, offset))
+    }
+}
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, u32> {
+        read(base, offset)
+    }
+}

@@ -12,6 +12,7 @@ mod mmap;
 mod probes;
 mod proc;
 mod reads;
+mod sends;
 mod udp_dest;
 mod watch;
 

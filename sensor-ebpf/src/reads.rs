@@ -10,7 +10,9 @@ use sensor_common::{counter, maps, FileKey, InodeKey};
 
 use crate::{
     atomic,
-    kernel::{current_task_btf, load, off, read, read_ptr},
+    kernel::{
+        current_task, current_task_btf, has_task_btf, off, read, read_ptr, Direct, Mem, Probe,
+    },
     proc, watch,
 };
 
@@ -45,24 +47,33 @@ const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 
 /// `current->files->fdt->fd[fd]`, `None` past the table or for a free slot.
-/// The walk to the table uses direct BTF loads; the slot itself (a variable
-/// index) a helper read.
+/// The walk to the table uses direct BTF loads where the kernel has
+/// `bpf_get_current_task_btf`, helper reads before 5.11; the slot itself (a
+/// variable index) is always a helper read.
 #[inline(always)]
 pub fn fd_to_file(fd: u64) -> Result<Option<*const u8>, u32> {
-    let task = current_task_btf();
-    let files: *const u8 = load(task, off!(task_files));
+    if has_task_btf() {
+        fd_to_file_in::<Direct>(current_task_btf(), fd)
+    } else {
+        fd_to_file_in::<Probe>(current_task(), fd)
+    }
+}
+
+#[inline(always)]
+fn fd_to_file_in<M: Mem>(task: *const u8, fd: u64) -> Result<Option<*const u8>, u32> {
+    let files: *const u8 = M::get(task, off!(task_files))?;
     if files.is_null() {
         return Ok(None);
     }
-    let fdt: *const u8 = load(files, off!(files_fdt));
+    let fdt: *const u8 = M::get(files, off!(files_fdt))?;
     if fdt.is_null() {
         return Ok(None);
     }
-    let max_fds: u32 = load(fdt, off!(fdt_max_fds));
+    let max_fds: u32 = M::get(fdt, off!(fdt_max_fds))?;
     if fd >= max_fds as u64 {
         return Ok(None);
     }
-    let fds: *const u8 = load(fdt, off!(fdt_fd));
+    let fds: *const u8 = M::get(fdt, off!(fdt_fd))?;
     let file = read_ptr(fds, (fd as usize) * 8)?;
     Ok((!file.is_null()).then_some(file))
 }

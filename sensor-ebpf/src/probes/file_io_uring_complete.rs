@@ -1,12 +1,15 @@
 //! Bytes read from regular files by io_uring, which bypasses the syscall
 //! layer: IORING_OP_READ, IORING_OP_READV and IORING_OP_READ_FIXED.
 //!
-//! Hook: `tp_btf/io_uring_complete`,
-//! `TP_PROTO(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe)`
-//! (5.19+), fired when the completion is posted, in the submitting process
-//! (its task or one of its io-wq / SQPOLL threads).
+//! Hook: `tp_btf/io_uring_complete`, fired when the completion is posted, in
+//! the submitting process (its task or one of its io-wq / SQPOLL threads).
+//! Its arguments changed: `(ctx, req, struct io_uring_cqe *cqe)` from 6.3,
+//! `(ctx, req, u64 user_data, int res, cflags, extra1, extra2)` in 5.19 – 6.2
+//! (user space tells which, `Offsets::io_uring_tp`); before 5.19 it names
+//! no request and the program is not attached.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use sensor_common::offsets::IO_URING_TP_RES_ARG;
 
 use crate::{
     counters,
@@ -33,8 +36,13 @@ fn try_file_io_uring_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
         return Ok(());
     }
     let req: *const u8 = ctx.arg(1);
-    let cqe: *const u8 = ctx.arg(2);
-    let res: i32 = read(cqe, off!(cqe_res))?;
+    let res: i32 = if off!(io_uring_tp) as u32 == IO_URING_TP_RES_ARG {
+        // An `int` in a u64 slot.
+        ctx.arg::<u64>(3) as u32 as i32
+    } else {
+        let cqe: *const u8 = ctx.arg(2);
+        read(cqe, off!(cqe_res))?
+    };
     if res <= 0 {
         return Ok(());
     }

@@ -5,5 +5,6 @@ mod file_sys_exit;
 mod net_cgroup_sendmsg4;
 mod net_cgroup_sendmsg6;
 mod net_sock_send_length;
+mod net_sys_exit_send;
 mod process_exec;
 mod process_exit;

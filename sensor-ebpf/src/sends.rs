@@ -1,0 +1,89 @@
+//! Counting bytes a process sent on a socket, whichever hook saw them:
+//! per-process totals and per destination (address and port, or the UNIX
+//! family), with the destination of unconnected UDP from the cgroup hooks.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap};
+use sensor_common::{
+    counter, maps, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW,
+    OVERFLOW_TGID,
+};
+
+use crate::{
+    atomic, counters,
+    kernel::{off, read, Mem},
+    proc, udp_dest,
+};
+
+#[map(name = "SEND_STATS")]
+static SEND_STATS: PerCpuHashMap<SendKey, SendCounters> =
+    PerCpuHashMap::with_max_entries(maps::DEFAULT_MAX_DESTS, 0);
+
+/// Counts `bytes` accepted by the socket `sk` (`struct sock *`) for the
+/// current process; `M` says how `sk` may be dereferenced.
+#[inline(always)]
+pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
+    let family: u16 = M::get(sk, off!(sk_family))?;
+    let tgid = proc::current_tgid();
+    let mut key = SendKey {
+        tgid,
+        family,
+        port: 0,
+        addr: [0; 16],
+    };
+    match family {
+        AF_INET => {
+            let addr: u32 = M::get(sk, off!(sk_daddr))?;
+            key.addr[..4].copy_from_slice(&addr.to_ne_bytes());
+            key.port = u16::from_be(M::get(sk, off!(sk_dport))?);
+        }
+        AF_INET6 => {
+            key.addr = read(sk, off!(sk_v6_daddr))?;
+            key.port = u16::from_be(M::get(sk, off!(sk_dport))?);
+        }
+        AF_UNIX => {}
+        _ => return Ok(()),
+    }
+    if family != AF_UNIX && key.port == 0 && key.addr == [0; 16] {
+        // Unconnected UDP: the destination the cgroup hook saw for this socket.
+        let cookie: u64 = M::get(sk, off!(sk_cookie))?;
+        if let Some(dest) = udp_dest::take(cookie) {
+            key.family = dest.family;
+            key.port = dest.port;
+            key.addr = dest.addr;
+        }
+    }
+    let c = proc::counters_of(tgid)?;
+    // SAFETY: this CPU's slot of a per-CPU entry.
+    unsafe {
+        atomic::add(&raw mut (*c).sent_bytes, bytes);
+        atomic::add(&raw mut (*c).send_ops, 1);
+    }
+    let slot = match SEND_STATS.get_ptr_mut(key) {
+        Some(slot) => slot,
+        None => {
+            let _ = SEND_STATS.insert(key, SendCounters::default(), BPF_NOEXIST as u64);
+            match SEND_STATS.get_ptr_mut(key) {
+                Some(slot) => slot,
+                None => {
+                    // Full: the reserved entry keeps the bytes (destination unknown).
+                    counters::bump(counter::SEND_MAP_FULL);
+                    let overflow = SendKey {
+                        tgid: OVERFLOW_TGID,
+                        family: FAMILY_OVERFLOW,
+                        port: 0,
+                        addr: [0; 16],
+                    };
+                    SEND_STATS
+                        .get_ptr_mut(overflow)
+                        .ok_or(counter::SEND_MAP_FULL)?
+                }
+            }
+        }
+    };
+    // SAFETY: as above.
+    unsafe {
+        atomic::add(&raw mut (*slot).bytes, bytes);
+        atomic::add(&raw mut (*slot).ops, 1);
+    }
+    Ok(())
+}
