@@ -73,7 +73,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         },
     )?;
     for p in &sensor.probes {
-        metrics.set_probe(p.spec.capability, p.spec.hook, p.result.is_ok());
+        metrics.set_probe(p.capability.name, p.hook_label(), p.attached.is_some());
     }
     // Parsing the kernel's BTF (twice: offsets, attach points) took tens of
     // MiB that are free now; hand them back instead of keeping them resident.

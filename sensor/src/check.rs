@@ -57,19 +57,25 @@ pub fn main(args: CheckArgs) -> Result<(), Failure> {
         match Sensor::probe_each() {
             Ok(probes) => {
                 for p in probes {
-                    let detail = match &p.result {
-                        Ok(()) => format!("{} via {}", p.spec.capability, p.spec.hook),
-                        Err(e) => format!("{} via {}: {e}", p.spec.capability, p.spec.hook),
+                    let detail = match p.attached {
+                        Some(h) if p.failures.is_empty() => format!("{} ({})", h.hook, h.program),
+                        Some(h) => format!(
+                            "{} ({}), in place of {}",
+                            h.hook,
+                            h.program,
+                            p.failure_text()
+                        ),
+                        None => format!("no hook: {}", p.failure_text()),
                     };
-                    if p.spec.required && p.result.is_err() {
+                    if p.capability.required && p.attached.is_none() {
                         ready = false;
                     }
                     let mut r = row(
-                        format!("program {}", p.spec.program),
-                        p.result.is_ok(),
+                        format!("capability {}", p.capability.name),
+                        p.attached.is_some(),
                         detail,
                     );
-                    if p.result.is_err() && !p.spec.required {
+                    if p.attached.is_none() && !p.capability.required {
                         // The agent runs without it, blind to this capability.
                         r.status = "WARN";
                     }

@@ -26,89 +26,107 @@ use crate::{offsets, sysinfo, watch::WatchSet};
 /// The eBPF object, built by `build.rs` from `sensor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
 
-/// One kernel program: what it hooks and what it gives the sensor.
-#[derive(Clone, Copy, Debug)]
-pub struct ProbeSpec {
+/// One way to give the sensor a capability: a program and where it attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
     pub program: &'static str,
     /// `tp_btf/<tracepoint>` or `cgroup/<attach type>` (on the cgroup v2 root).
     pub hook: &'static str,
-    pub capability: &'static str,
-    /// Without it the agent refuses to run; without an optional one it warns
-    /// and exports `sensor_probe_info{...} 0`.
-    pub required: bool,
-    /// Needs io_uring's structures in the kernel BTF.
+    /// Needs io_uring's structures and a usable `io_uring_complete`.
     pub needs_io_uring: bool,
 }
 
-const fn probe(
-    program: &'static str,
-    hook: &'static str,
-    capability: &'static str,
-    required: bool,
-) -> ProbeSpec {
-    ProbeSpec {
+/// What the sensor can see, and the hooks that give it, best first: the
+/// first one this kernel loads and attaches is used, the others are not
+/// loaded at all.
+#[derive(Clone, Copy, Debug)]
+pub struct Capability {
+    pub name: &'static str,
+    /// Without it the agent refuses to run; without an optional one it warns
+    /// and exports `sensor_probe_info{capability=...,hook="none"} 0`.
+    pub required: bool,
+    pub hooks: &'static [Hook],
+}
+
+const fn hook(program: &'static str, hook: &'static str) -> Hook {
+    Hook {
         program,
         hook,
-        capability,
-        required,
         needs_io_uring: false,
     }
 }
 
-pub const PROBES: [ProbeSpec; 7] = [
-    probe(
-        programs::FILE_SYS_EXIT,
-        "tp_btf/sys_exit",
-        "file_read",
-        true,
-    ),
-    ProbeSpec {
-        needs_io_uring: true,
-        ..probe(
-            programs::FILE_IO_URING_COMPLETE,
-            "tp_btf/io_uring_complete",
-            "file_read_io_uring",
-            false,
-        )
+pub const CAPABILITIES: [Capability; 7] = [
+    Capability {
+        name: "file_read",
+        required: true,
+        hooks: &[hook(programs::FILE_SYS_EXIT, "tp_btf/sys_exit")],
     },
-    probe(
-        programs::NET_SOCK_SEND_LENGTH,
-        "tp_btf/sock_send_length",
-        "socket_send",
-        true,
-    ),
-    probe(
-        programs::NET_CGROUP_SENDMSG4,
-        "cgroup/sendmsg4",
-        "udp_destination_ipv4",
-        false,
-    ),
-    probe(
-        programs::NET_CGROUP_SENDMSG6,
-        "cgroup/sendmsg6",
-        "udp_destination_ipv6",
-        false,
-    ),
-    probe(
-        programs::PROCESS_EXIT,
-        "tp_btf/sched_process_exit",
-        "process_exit",
-        true,
-    ),
-    probe(
-        programs::PROCESS_EXEC,
-        "tp_btf/sched_process_exec",
-        "process_exec",
-        false,
-    ),
+    Capability {
+        name: "file_read_io_uring",
+        required: false,
+        hooks: &[Hook {
+            needs_io_uring: true,
+            ..hook(programs::FILE_IO_URING_COMPLETE, "tp_btf/io_uring_complete")
+        }],
+    },
+    Capability {
+        name: "socket_send",
+        required: true,
+        hooks: &[
+            // 6.3+: every sendmsg of every socket family, io_uring's too.
+            hook(programs::NET_SOCK_SEND_LENGTH, "tp_btf/sock_send_length"),
+            // Older kernels: the send-family syscalls on socket descriptors.
+            hook(programs::NET_SYS_EXIT_SEND, "tp_btf/sys_exit"),
+        ],
+    },
+    Capability {
+        name: "udp_destination_ipv4",
+        required: false,
+        hooks: &[hook(programs::NET_CGROUP_SENDMSG4, "cgroup/sendmsg4")],
+    },
+    Capability {
+        name: "udp_destination_ipv6",
+        required: false,
+        hooks: &[hook(programs::NET_CGROUP_SENDMSG6, "cgroup/sendmsg6")],
+    },
+    Capability {
+        name: "process_exit",
+        required: true,
+        hooks: &[hook(programs::PROCESS_EXIT, "tp_btf/sched_process_exit")],
+    },
+    Capability {
+        name: "process_exec",
+        required: false,
+        hooks: &[hook(programs::PROCESS_EXEC, "tp_btf/sched_process_exec")],
+    },
 ];
 
-/// What happened to one program.
+/// What one capability got on this kernel.
 #[derive(Clone, Debug)]
 pub struct ProbeStatus {
-    pub spec: ProbeSpec,
-    /// `Ok(())` when attached, else the kernel's (or aya's) reason.
-    pub result: Result<(), String>,
+    pub capability: Capability,
+    /// The hook in use, `None` when none loaded and attached.
+    pub attached: Option<Hook>,
+    /// The hooks tried before it (all of them when none worked), each
+    /// with the kernel's (or aya's) reason.
+    pub failures: Vec<(Hook, String)>,
+}
+
+impl ProbeStatus {
+    /// `tp_btf/...` or `none`.
+    pub fn hook_label(&self) -> &'static str {
+        self.attached.map(|h| h.hook).unwrap_or("none")
+    }
+
+    /// The reasons of the hooks that did not work, on one line.
+    pub fn failure_text(&self) -> String {
+        self.failures
+            .iter()
+            .map(|(h, why)| format!("{} ({}): {why}", h.hook, h.program))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// What loading needs to know: map sizes and where the kernel's BTF is.
@@ -134,12 +152,14 @@ impl Sensor {
         fill_watch_tables(&mut ebpf, watch)?;
         reserve_overflow(&mut ebpf)?;
         let probes = attach_all(&mut ebpf, &resolved, &opts.btf)?;
-        if let Some(failed) = probes.iter().find(|p| p.spec.required && p.result.is_err()) {
-            let reason = failed.result.clone().err().unwrap_or_default();
+        if let Some(failed) = probes
+            .iter()
+            .find(|p| p.capability.required && p.attached.is_none())
+        {
             return Err(anyhow!(
-                "cannot attach {} to {}: {reason}",
-                failed.spec.program,
-                failed.spec.hook
+                "no hook of this kernel gives {}: {}",
+                failed.capability.name,
+                failed.failure_text()
             ));
         }
         let mut sensor = Sensor {
@@ -341,24 +361,72 @@ fn attach_all(
             btf_path.display()
         )
     })?;
+    let disabled = disabled_programs();
     let mut out = Vec::new();
-    for spec in PROBES {
-        let result = match (&resolved.io_uring_missing, spec.needs_io_uring) {
-            (Some(why), true) => Err(format!("io_uring not in this kernel: {why}")),
-            _ => attach_one(ebpf, &btf, &spec).map_err(|e| format!("{e:#}")),
+    for capability in CAPABILITIES {
+        let mut status = ProbeStatus {
+            capability,
+            attached: None,
+            failures: Vec::new(),
         };
-        match &result {
-            Ok(()) => tracing::info!(program = spec.program, hook = spec.hook, "attached"),
-            Err(reason) => {
-                tracing::warn!(program = spec.program, hook = spec.hook, %reason, "not attached")
+        for hook in capability.hooks {
+            let result = match (&resolved.io_uring_missing, hook.needs_io_uring) {
+                _ if disabled.iter().any(|d| d == hook.program) => {
+                    Err(format!("disabled by {DISABLE_HOOKS_ENV}"))
+                }
+                (Some(why), true) => Err(format!("io_uring not usable on this kernel: {why}")),
+                _ => attach_one(ebpf, &btf, hook).map_err(|e| format!("{e:#}")),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(
+                        capability = capability.name,
+                        program = hook.program,
+                        hook = hook.hook,
+                        "attached"
+                    );
+                    status.attached = Some(*hook);
+                    break;
+                }
+                Err(reason) => {
+                    tracing::info!(
+                        capability = capability.name,
+                        program = hook.program,
+                        hook = hook.hook,
+                        %reason,
+                        "hook not available"
+                    );
+                    status.failures.push((*hook, reason));
+                }
             }
         }
-        out.push(ProbeStatus { spec, result });
+        if status.attached.is_none() {
+            tracing::warn!(
+                capability = capability.name,
+                reasons = status.failure_text(),
+                "no hook: the sensor is blind to this"
+            );
+        }
+        out.push(status);
     }
     Ok(out)
 }
 
-fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &ProbeSpec) -> anyhow::Result<()> {
+/// Programs not to use even where the kernel has their hook (comma
+/// separated names): to step around a hook misbehaving on one kernel, and
+/// for the tests to exercise the fallbacks on a kernel that needs none.
+pub const DISABLE_HOOKS_ENV: &str = "SENSOR_DISABLE_HOOKS";
+
+fn disabled_programs() -> Vec<String> {
+    std::env::var(DISABLE_HOOKS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn attach_one(ebpf: &mut Ebpf, btf: &Btf, spec: &Hook) -> anyhow::Result<()> {
     let program = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| anyhow!("eBPF object has no program {}", spec.program))?;

@@ -32,7 +32,13 @@ impl Agent {
     /// `ready` (programs attached, metrics served). Panics with its stderr
     /// if it exits or does not get ready in time.
     pub fn start(args: &[&str]) -> Agent {
+        Agent::start_with_env(args, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut cmd = Command::new(crate::sensor_bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("run").args(["--metrics-addr", "127.0.0.1:0"]);
         if !args.contains(&"--poll-interval-ms") {
             cmd.args(["--poll-interval-ms", "200"]);

@@ -1,6 +1,10 @@
 //! The send side of the I/O path matrix: every way a process can push bytes
 //! into a socket is counted, with the right destination class, within 1 % of
 //! what the workload's own calls returned. Peers are network namespaces.
+//!
+//! Each test runs twice: with the hook this kernel prefers
+//! (`sock:sock_send_length`), and with it disabled, so the agent falls back
+//! to the send-syscall exits it uses on kernels before 6.3.
 
 use std::{io::Write, process::Command, time::Duration};
 
@@ -9,6 +13,63 @@ use tests::{agent::Agent, assert_within, netns::Peer, scrape::Metrics, workload,
 const MIB: u64 = 1 << 20;
 const SEND: &str = "sensor_socket_send_bytes_total";
 const CLASSES: [&str; 4] = ["loopback", "local", "trusted", "untrusted"];
+
+/// Which socket_send hook the agent uses, and the names and subnets that
+/// keep the two variants of a test apart when they run side by side.
+#[derive(Clone, Copy)]
+struct Via {
+    /// Workload names start with it.
+    prefix: &'static str,
+    /// Added to each test's peer subnet.
+    subnet: u8,
+    fallback: bool,
+}
+
+const PREFERRED: Via = Via {
+    prefix: "sp",
+    subnet: 0,
+    fallback: false,
+};
+const FALLBACK: Via = Via {
+    prefix: "sf",
+    subnet: 90,
+    fallback: true,
+};
+
+impl Via {
+    fn agent(&self, args: &[&str]) -> Agent {
+        let env: &[(&str, &str)] = if self.fallback {
+            &[("SENSOR_DISABLE_HOOKS", "net_sock_send_length")]
+        } else {
+            &[]
+        };
+        let agent = Agent::start_with_env(args, env);
+        let hook = if self.fallback {
+            "tp_btf/sys_exit"
+        } else {
+            "tp_btf/sock_send_length"
+        };
+        let m = agent.metrics();
+        assert_eq!(
+            m.sum(
+                "sensor_probe_info",
+                &[("capability", "socket_send"), ("hook", hook)]
+            ),
+            1,
+            "socket_send is not on {hook}:\n{}",
+            m.text
+        );
+        agent
+    }
+
+    fn peer(&self, subnet: u8) -> Peer {
+        Peer::new(subnet + self.subnet)
+    }
+
+    fn comm(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+}
 
 fn sent(m: &Metrics, comm: &str, class: &str) -> u64 {
     m.sum(SEND, &[("comm", comm), ("destination", class)])
@@ -54,19 +115,34 @@ fn check(
 
 #[test]
 fn tcp_send_apis() {
-    let peer = Peer::new(50);
-    let agent = Agent::start(&[]);
+    tcp_send_apis_via(PREFERRED);
+}
+
+#[test]
+fn tcp_send_apis_syscall_fallback() {
+    tcp_send_apis_via(FALLBACK);
+}
+
+fn tcp_send_apis_via(via: Via) {
+    let peer = via.peer(50);
+    let agent = via.agent(&[]);
     let bytes = (32 * MIB).to_string();
-    let apis = [
-        ("write", "sp-tcp-write"),
-        ("send", "sp-tcp-send"),
-        ("sendto", "sp-tcp-sendto"),
-        ("sendmsg", "sp-tcp-sendmsg"),
-        ("writev", "sp-tcp-writev"),
-        ("uring-send", "sp-tcp-usend"),
-        ("uring-sendmsg", "sp-tcp-usendmsg"),
+    let mut apis = vec![
+        ("write", "tcp-write"),
+        ("send", "tcp-send"),
+        ("sendto", "tcp-sendto"),
+        ("sendmsg", "tcp-sendmsg"),
+        ("writev", "tcp-writev"),
     ];
+    if !via.fallback {
+        // No syscall returns io_uring's bytes: the fallback does not see them.
+        apis.extend([
+            ("uring-send", "tcp-usend"),
+            ("uring-sendmsg", "tcp-usendmsg"),
+        ]);
+    }
     for (i, (api, comm)) in apis.iter().enumerate() {
+        let comm = &via.comm(comm);
         let to = format!("{}:{}", peer.ip, 7100 + i);
         check(
             &agent,
@@ -83,7 +159,16 @@ fn tcp_send_apis() {
 
 #[test]
 fn file_to_socket_sendfile_and_splice_count_one_read_and_one_send() {
-    let peer = Peer::new(51);
+    file_to_socket_via(PREFERRED);
+}
+
+#[test]
+fn file_to_socket_sendfile_and_splice_syscall_fallback() {
+    file_to_socket_via(FALLBACK);
+}
+
+fn file_to_socket_via(via: Via) {
+    let peer = via.peer(51);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.gguf");
     let mut f = std::fs::File::create(&file).unwrap();
@@ -91,11 +176,11 @@ fn file_to_socket_sendfile_and_splice_count_one_read_and_one_send() {
         f.write_all(&vec![7u8; MIB as usize]).unwrap();
     }
     drop(f);
-    let agent = Agent::start(&["--watch", dir.path().to_str().unwrap()]);
+    let agent = via.agent(&["--watch", dir.path().to_str().unwrap()]);
     let path = file.to_str().unwrap();
     for (i, api) in ["sendfile", "splice"].iter().enumerate() {
         let to = format!("{}:{}", peer.ip, 7200 + i);
-        let comm = format!("sp-f2s-{api}");
+        let comm = via.comm(&format!("f2s-{api}"));
         let m = check(
             &agent,
             Some(&peer),
@@ -119,16 +204,22 @@ fn file_to_socket_sendfile_and_splice_count_one_read_and_one_send() {
 
 #[test]
 fn udp_connected_unconnected_and_sendmmsg() {
-    let untrusted = Peer::new(52);
-    let trusted = Peer::new(53);
-    let agent = Agent::start(&[
-        "--trusted-cidr",
-        "198.18.53.0/24",
-        "--trusted-cidr",
-        "2001:2:0:53::/64",
-    ]);
+    udp_via(PREFERRED);
+}
+
+#[test]
+fn udp_connected_unconnected_and_sendmmsg_syscall_fallback() {
+    udp_via(FALLBACK);
+}
+
+fn udp_via(via: Via) {
+    let untrusted = via.peer(52);
+    let trusted = via.peer(53);
+    let n = 53 + via.subnet;
+    let (v4, v6) = (format!("198.18.{n}.0/24"), format!("2001:2:0:{n}::/64"));
+    let agent = via.agent(&["--trusted-cidr", &v4, "--trusted-cidr", &v6]);
     let bytes = (8 * MIB).to_string();
-    let mut port = 7300;
+    let mut port = 7300 + u16::from(via.subnet) * 10;
     let cases: Vec<(Option<&Peer>, String, &str, &str, &str)> = vec![
         (
             Some(&untrusted),
@@ -191,12 +282,12 @@ fn udp_connected_unconnected_and_sendmmsg() {
     for (peer, host, api, unconnected, class) in cases {
         port += 1;
         let to = format!("{host}:{port}");
-        let comm = format!(
-            "sp-u{}-{}{}",
+        let comm = via.comm(&format!(
+            "u{}-{}{}",
             if unconnected == "1" { "n" } else { "c" },
             &api[4..],
             port % 100
-        );
+        ));
         check(
             &agent,
             peer,
@@ -222,16 +313,25 @@ fn udp_connected_unconnected_and_sendmmsg() {
 
 #[test]
 fn unix_domain_sends_are_local() {
+    unix_via(PREFERRED);
+}
+
+#[test]
+fn unix_domain_sends_are_local_syscall_fallback() {
+    unix_via(FALLBACK);
+}
+
+fn unix_via(via: Via) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.sock");
     let path = path.to_str().unwrap();
-    let agent = Agent::start(&[]);
+    let agent = via.agent(&[]);
     let bytes = (32 * MIB).to_string();
     check(
         &agent,
         None,
         &["unix-sink", "--path", path],
-        "sp-unix",
+        &via.comm("unix"),
         &[
             "unix-send",
             "--path",
