@@ -1,6 +1,7 @@
 //! Build, setup and test automation: `cargo xtask <command>`.
 
 mod bench;
+mod kernels;
 mod setup;
 
 use std::{
@@ -45,6 +46,13 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Boot Debian kernels (5.10, 6.1, 6.12, 7.x) under qemu and check the
+    /// same static agent counts right on each, and on the host kernel.
+    Kernels {
+        /// Only this kernel (5.10, 6.1, 6.12 or 7.x).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Set up, lint, build, and run every test (unit and integration, as
     /// root, against the running kernel).
     Test {
@@ -78,6 +86,10 @@ fn main() -> Result<()> {
             let reps = if quick { 1 } else { reps.max(1) };
             let out = out.unwrap_or_else(|| root.join("docs/BENCHMARKS.md"));
             bench::run(&root, &bench::Options { quick, reps, out })
+        }
+        Cmd::Kernels { only } => {
+            setup::build()?;
+            kernels::run(&root, only.as_deref())
         }
         Cmd::Lint => {
             setup::run()?;
@@ -194,6 +206,11 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if !leftovers.is_empty() {
         bail!("tests left things behind: {}", leftovers.join("; "));
     }
+    if filter.is_none() {
+        // The same agent on other kernels, each booted under qemu.
+        eprintln!("+ cargo xtask kernels");
+        kernels::run(root, None)?;
+    }
     Ok(())
 }
 
@@ -214,6 +231,7 @@ fn find_leftovers() -> Vec<String> {
         let names = [
             "file_sys_exit",
             "net_sock_send",
+            "net_sys_exit",
             "process_exit",
             "process_exec",
         ];

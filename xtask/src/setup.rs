@@ -42,9 +42,19 @@ pub fn test_tools() -> Result<()> {
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
     ])?;
+    kernel_tools()?;
     python_tools(&[
         ("kubernetes_validate", "kubernetes-validate"),
         ("yamllint", "yamllint"),
+    ])
+}
+
+/// What `cargo xtask kernels` runs: qemu, and dpkg-deb to unpack kernels.
+pub fn kernel_tools() -> Result<()> {
+    debian_packages(&[
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("dpkg-deb", "dpkg"),
+        ("apt-get", "apt"),
     ])
 }
 
@@ -83,7 +93,7 @@ fn python_tools(needed: &[(&str, &str)]) -> Result<()> {
     )
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
