@@ -24,6 +24,7 @@ use crate::{
     pipeline::Pipeline,
     privilege, sysinfo,
     tail::server::{self, ClientStats, Publisher},
+    trail::Trail,
     watch::WatchSet,
 };
 
@@ -65,13 +66,22 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         .context("creating metrics")?;
 
     privilege::require_bpf()?;
-    let mut sensor = Sensor::load(
+    let mut trail = Trail::open(&cfg, &sysinfo::hostname())?;
+    let loaded = Sensor::load(
         &watch,
         &LoadOptions {
             processes: cfg.max_processes,
             btf: cfg.btf_path.clone(),
         },
-    )?;
+    );
+    let mut sensor = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            trail.stop("the programs could not be attached");
+            return Err(e.into());
+        }
+    };
+    trail.watch(&sensor)?;
     for p in &sensor.probes {
         metrics.set_probe(p.capability.name, p.hook_label(), p.attached.is_some());
     }
@@ -122,10 +132,11 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
-        let out = pipeline.poll(&mut sensor)?;
+        let mut out = pipeline.poll(&mut sensor)?;
         for alert in &out.alerts {
             sinks.emit(alert);
         }
+        trail.after_poll(&mut out, &sensor, &pipeline.metrics, &mut sinks);
         publisher.publish(&out);
         if last_refresh.elapsed() >= WATCH_REFRESH {
             sensor.bump_generation()?;
@@ -133,10 +144,12 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         }
     }
     // Count what moved since the last tick, then detach.
-    let out = pipeline.poll(&mut sensor)?;
+    let mut out = pipeline.poll(&mut sensor)?;
     for alert in &out.alerts {
         sinks.emit(alert);
     }
+    trail.after_poll(&mut out, &sensor, &pipeline.metrics, &mut sinks);
+    trail.stop("SIGTERM or SIGINT");
     shutdown.cancel();
     drop(sensor);
     tracing::info!("programs detached, exiting");

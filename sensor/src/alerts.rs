@@ -116,6 +116,41 @@ impl AlertJson {
     }
 }
 
+/// A `sensor_tamper` alert: something is blinding the sensor.
+#[derive(Debug, Serialize)]
+pub struct TamperAlertJson {
+    pub ts: String,
+    pub rule: &'static str,
+    pub severity: &'static str,
+    pub scope: &'static str,
+    pub host: String,
+    /// What was found (`program_detached`, `map_written`, …).
+    pub what: &'static str,
+    pub detail: String,
+    /// The agent's own pid.
+    pub pid: u32,
+}
+
+impl TamperAlertJson {
+    pub fn new(what: &'static str, detail: String, host: &str, now: SystemTime) -> Self {
+        Self {
+            ts: rfc3339(now),
+            rule: "sensor_tamper",
+            severity: "critical",
+            scope: "host",
+            host: host.to_string(),
+            what,
+            detail,
+            pid: std::process::id(),
+        }
+    }
+
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"error\":\"serializing alert: {e}\"}}"))
+    }
+}
+
 /// `2026-11-26T17:00:00Z` (UTC, whole seconds).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
@@ -189,7 +224,11 @@ impl Sinks {
     }
 
     pub fn emit(&mut self, alert: &AlertJson) {
-        let line = alert.to_line();
+        self.emit_line(alert.to_line());
+    }
+
+    /// Any alert object, already serialized, to every sink.
+    pub fn emit_line(&mut self, line: String) {
         {
             let mut out = std::io::stdout().lock();
             if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
@@ -234,6 +273,25 @@ fn alertmanager_body(line: &str, generator_url: &str, now: SystemTime) -> Option
         .unwrap_or(300);
     // Resolved once the window that raised it has passed.
     let ends = rfc3339(now + Duration::from_secs(window));
+    if s("rule") == "sensor_tamper" {
+        let body = serde_json::json!([{
+            "labels": {
+                "alertname": "SensorTamper",
+                "rule": s("rule"),
+                "severity": s("severity"),
+                "host": s("host"),
+                "what": s("what"),
+            },
+            "annotations": {
+                "summary": format!("sensor on {}: {}", s("host"), s("detail")),
+                "alert": line,
+            },
+            "startsAt": s("ts"),
+            "endsAt": ends,
+            "generatorURL": generator_url,
+        }]);
+        return Some(body.to_string());
+    }
     let actor = match s("scope").as_str() {
         "session" => format!("session:{}", s("pid")),
         "container" => format!("container:{}", s("container")),

@@ -25,6 +25,52 @@ pub enum Command {
     Tail(TailArgs),
     /// Preflight: kernel, BTF, privileges, and whether each program attaches.
     Check(CheckArgs),
+    /// The access audit log written by `sensor run --audit-log`.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of audit logs: each PATH is a log as given to
+    /// --audit-log (its rotated files PATH.1, PATH.2, ... are read too).
+    Verify(AuditVerifyArgs),
+    /// Print the access records of audit logs, filtered.
+    Query(AuditQueryArgs),
+}
+
+#[derive(Debug, Default, Args)]
+pub struct AuditVerifyArgs {
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// The key the log was written with (--audit-key-file): also check
+    /// each record's MAC.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct AuditQueryArgs {
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Only records whose file path contains this.
+    #[arg(long, value_name = "TEXT")]
+    pub file: Option<String>,
+    /// Only this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only processes with this command name.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only records whose span ends at or after this time (2026-11-26T17:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records whose span starts at or before this time.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// JSON lines (the records as written) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Every flag has a YAML key of the same name in `--config`; flags win.
@@ -84,6 +130,26 @@ pub struct RunArgs {
     /// TLS and basic auth for /metrics (Prometheus exporter-toolkit format).
     #[arg(long, value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// Append an access audit record per (process, watched file) per
+    /// interval to this file (JSON lines, hash-chained). Off when unset.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
+    /// Seconds each audit record spans.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub audit_interval: Option<String>,
+    /// Rotate the audit log when it would grow past this size (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub audit_max_bytes: Option<String>,
+    /// Rotated audit files kept (PATH.1 ... PATH.N).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub audit_max_files: Option<String>,
+    /// At most this many seconds between fsyncs of the audit log (0: after
+    /// every write).
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub audit_fsync_secs: Option<String>,
+    /// A secret key: each audit record also carries an HMAC-SHA256 under it.
+    #[arg(long, value_name = "FILE")]
+    pub audit_key_file: Option<PathBuf>,
     /// Validate the configuration and the watch set, print them, exit.
     #[arg(long)]
     pub dry_run: bool,

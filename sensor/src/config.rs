@@ -58,6 +58,18 @@ impl Default for DetectConfig {
     }
 }
 
+/// The access audit log (`--audit-log` and its knobs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    pub interval: Duration,
+    pub max_bytes: u64,
+    pub max_files: u32,
+    pub fsync: Duration,
+    /// The HMAC key, when `--audit-key-file` is set.
+    pub key: Option<Vec<u8>>,
+}
+
 /// The validated configuration of `sensor run`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -75,6 +87,7 @@ pub struct Config {
     pub pods_dir: PathBuf,
     pub btf_path: PathBuf,
     pub web: crate::webconfig::WebConfig,
+    pub audit: Option<AuditConfig>,
 }
 
 impl PartialEq for crate::webconfig::WebConfig {
@@ -110,6 +123,7 @@ impl Default for Config {
             pods_dir: PathBuf::from(crate::pods::DEFAULT_PODS_DIR),
             btf_path: PathBuf::from(crate::offsets::VMLINUX_BTF),
             web: crate::webconfig::WebConfig::default(),
+            audit: None,
         }
     }
 }
@@ -153,6 +167,12 @@ struct FileConfig {
     pods_dir: Option<PathBuf>,
     btf_path: Option<PathBuf>,
     web_config_file: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    audit_interval: Option<Scalar>,
+    audit_max_bytes: Option<Scalar>,
+    audit_max_files: Option<Scalar>,
+    audit_fsync_secs: Option<Scalar>,
+    audit_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -236,6 +256,49 @@ impl Config {
         if let Some(p) = args.web_config_file.clone().or(file.web_config_file) {
             cfg.web = crate::webconfig::WebConfig::load(&p)?;
         }
+        let interval = text(&args.audit_interval, &file.audit_interval)
+            .map(|v| parse_count("audit-interval", &v, 1, 86_400))
+            .transpose()?
+            .unwrap_or(60);
+        let max_bytes = text(&args.audit_max_bytes, &file.audit_max_bytes)
+            .map(|v| match parse_size(&v) {
+                Ok(n) if n >= 4096 => Ok(n),
+                Ok(_) => Err(invalid("audit-max-bytes", &v, "at least 4KiB")),
+                Err(e) => Err(invalid("audit-max-bytes", &v, e)),
+            })
+            .transpose()?
+            .unwrap_or(64 << 20);
+        let max_files = text(&args.audit_max_files, &file.audit_max_files)
+            .map(|v| parse_count("audit-max-files", &v, 1, 10_000))
+            .transpose()?
+            .unwrap_or(8) as u32;
+        let fsync = text(&args.audit_fsync_secs, &file.audit_fsync_secs)
+            .map(|v| parse_count("audit-fsync-secs", &v, 0, 3600))
+            .transpose()?
+            .unwrap_or(1);
+        let key = args
+            .audit_key_file
+            .clone()
+            .or(file.audit_key_file)
+            .map(|p| read_key(&p))
+            .transpose()?;
+        if let Some(path) = args.audit_log.clone().or(file.audit_log) {
+            if path.as_os_str().is_empty() || path.is_dir() {
+                return Err(invalid(
+                    "audit-log",
+                    &path.display().to_string(),
+                    "expected a file path",
+                ));
+            }
+            cfg.audit = Some(AuditConfig {
+                path,
+                interval: Duration::from_secs(interval),
+                max_bytes,
+                max_files,
+                fsync: Duration::from_secs(fsync),
+                key,
+            });
+        }
         Ok(cfg)
     }
 
@@ -252,6 +315,20 @@ impl Config {
             path: shown,
             reason: e.to_string().replace('\n', " "),
         })
+    }
+}
+
+/// An audit key file: its bytes, at least 16 of them.
+pub fn read_key(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let shown = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(k) if k.len() >= 16 => Ok(k),
+        Ok(_) => Err(invalid(
+            "audit-key-file",
+            &shown,
+            "a key needs at least 16 bytes",
+        )),
+        Err(e) => Err(invalid("audit-key-file", &shown, e)),
     }
 }
 
@@ -535,6 +612,8 @@ mod tests {
                     "watch", "metrics-addr", "trusted-cidr", "alerts-file", "alertmanager-url", "window",
                     "min-read-bytes", "min-send-bytes", "min-send-ratio", "poll-interval-ms",
                     "max-comm-labels", "max-processes", "tail-socket", "pods-dir", "btf-path",
+                    "audit-log", "audit-interval", "audit-max-bytes", "audit-max-files",
+                    "audit-fsync-secs", "audit-key-file",
                 ]),
                 value in "[ -~]{0,40}",
             ) {

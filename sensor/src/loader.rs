@@ -129,6 +129,14 @@ impl ProbeStatus {
     }
 }
 
+/// The watch tables and run-time knobs as read back from the kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchState {
+    pub exts: Vec<([u8; sensor_common::EXT_LEN], u64)>,
+    pub inodes: Vec<((u32, u64), u64)>,
+    pub runtime: Option<RuntimeConfig>,
+}
+
 /// What loading needs to know: map sizes and where the kernel's BTF is.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -181,6 +189,52 @@ impl Sensor {
         };
         let (mut ebpf, resolved) = open(&opts)?;
         attach_all(&mut ebpf, &resolved, &opts.btf)
+    }
+
+    /// Each attached program: its name, hook and kernel program id.
+    pub fn attached(&self) -> Vec<(Hook, u32)> {
+        self.probes
+            .iter()
+            .filter_map(|p| p.attached)
+            .filter_map(|h| {
+                let id = self.ebpf.program(h.program)?.info().ok()?.id();
+                Some((h, id))
+            })
+            .collect()
+    }
+
+    /// What the watch tables and `RUNTIME` hold now, in a comparable form.
+    pub fn watch_state(&self) -> anyhow::Result<WatchState> {
+        let exts: HashMap<&MapData, ExtKey, u64> =
+            HashMap::try_from(map(&self.ebpf, names::WATCH_EXTS)?)?;
+        let inodes: HashMap<&MapData, InodeKey, u64> =
+            HashMap::try_from(map(&self.ebpf, names::WATCH_INODES)?)?;
+        let rt: Array<&MapData, RuntimeConfig> = Array::try_from(map(&self.ebpf, names::RUNTIME)?)?;
+        let mut state = WatchState {
+            exts: exts
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k.ext, v))
+                .collect(),
+            inodes: inodes
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| ((k.dev, k.ino), v))
+                .collect(),
+            runtime: rt.get(&0, 0).ok(),
+        };
+        state.exts.sort();
+        state.inodes.sort();
+        Ok(state)
+    }
+
+    /// The `RUNTIME` value this agent last wrote.
+    pub fn expected_runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            generation: self.generation,
+            _pad: 0,
+            any_ext_mask: self.any_ext_mask,
+        }
     }
 
     /// Makes the kernel recompute every cached watched decision (after the

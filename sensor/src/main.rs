@@ -2,6 +2,7 @@
 
 mod agent;
 mod alerts;
+mod audit;
 mod check;
 mod cli;
 mod collect;
@@ -24,6 +25,8 @@ mod resident;
 mod size;
 mod sysinfo;
 mod tail;
+mod tamper;
+mod trail;
 mod watch;
 mod webconfig;
 
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Run(args) => agent::main(*args),
         Command::Tail(args) => tail::client::main(args),
         Command::Check(args) => check::main(args),
+        Command::Audit(cmd) => audit::main(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub tail_clients: IntGauge,
     pub tail_dropped: prometheus::IntCounter,
     probe_info: IntGaugeVec,
+    pub tamper: IntCounterVec,
+    pub heartbeat: IntGauge,
+    pub audit_records: prometheus::IntCounter,
+    pub audit_errors: prometheus::IntCounter,
     comms: LabelFolder,
 }
 
@@ -114,6 +118,26 @@ impl Metrics {
             &["capability", "hook"],
         )?;
         registry.register(Box::new(probe_info.clone()))?;
+        let tamper = counter_vec(
+            "sensor_tamper_events_total",
+            "Tamper findings (rule sensor_tamper), by what was found.",
+            &["what"],
+        )?;
+        let heartbeat = IntGauge::new(
+            "sensor_heartbeat_timestamp_seconds",
+            "Unix time of the agent's last completed poll: stale or absent means the agent is not watching.",
+        )?;
+        registry.register(Box::new(heartbeat.clone()))?;
+        let audit_records = prometheus::IntCounter::new(
+            "sensor_audit_records_total",
+            "Records appended to the audit log.",
+        )?;
+        registry.register(Box::new(audit_records.clone()))?;
+        let audit_errors = prometheus::IntCounter::new(
+            "sensor_audit_errors_total",
+            "Failed writes or fsyncs of the audit log.",
+        )?;
+        registry.register(Box::new(audit_errors.clone()))?;
         Ok(Self {
             registry,
             file_read,
@@ -128,6 +152,10 @@ impl Metrics {
             tail_clients,
             tail_dropped,
             probe_info,
+            tamper,
+            heartbeat,
+            audit_records,
+            audit_errors,
             comms: LabelFolder::new(max_comm_labels),
         })
     }

@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     alerts::{rfc3339, AlertJson, Context},
+    audit::{Access, AuditPoll, Destination},
     collect::{Collector, Poll, Snapshot},
     config::Config,
     container::CgroupResolver,
@@ -30,6 +31,8 @@ pub struct PollOutput {
     /// Every process that read or sent since the previous poll.
     pub records: Vec<ActivityRecord>,
     pub alerts: Vec<AlertJson>,
+    /// Watched reads and sends for the audit log (when it is on).
+    pub audit: Option<AuditPoll>,
 }
 
 pub struct Pipeline {
@@ -43,6 +46,7 @@ pub struct Pipeline {
     pods: PodDirectory,
     host: String,
     started: Instant,
+    audit: bool,
 }
 
 impl Pipeline {
@@ -58,6 +62,7 @@ impl Pipeline {
             pods: PodDirectory::new(cfg.pods_dir.clone()),
             host: sysinfo::hostname(),
             started: Instant::now(),
+            audit: cfg.audit.is_some(),
         }
     }
 
@@ -92,6 +97,7 @@ impl Pipeline {
         let mut out = PollOutput {
             records: self.records(&poll),
             alerts: Vec::new(),
+            audit: self.audit.then(|| self.audit_poll(&activity)),
         };
         let now = self.started.elapsed().as_secs();
         for alert in self.detector.observe(now, &activity) {
@@ -188,6 +194,54 @@ impl Pipeline {
             r.finish();
         }
         records
+    }
+
+    /// The audit log's view of this poll: each process's reads of each
+    /// watched file, with who it is, and every process's sends.
+    fn audit_poll(&mut self, activity: &[Activity]) -> AuditPoll {
+        let mut out = AuditPoll::default();
+        for a in activity {
+            let id = &a.identity;
+            if !a.files.is_empty() {
+                let meta = self.procs.get(id.tgid, id.first_seen_ns);
+                let uid = self.containers.attribution(id.cgroup_id).pod_uid;
+                let (pod, namespace) = match self.pods.lookup(&uid) {
+                    Some(p) => (p.name, p.namespace),
+                    None => (uid, String::new()),
+                };
+                for (inode, bytes) in &a.files {
+                    out.accesses.push(Access {
+                        pid: id.tgid,
+                        ppid: id.ppid,
+                        uid: id.uid,
+                        comm: id.comm.clone(),
+                        exe: meta.exe.clone(),
+                        cmdline: meta.cmdline.clone(),
+                        container: a.container.clone(),
+                        pod: pod.clone(),
+                        namespace: namespace.clone(),
+                        path: self.paths.path(inode),
+                        dev: inode.dev,
+                        inode: inode.ino,
+                        read_bytes: *bytes,
+                        ..Access::default()
+                    });
+                }
+            }
+            for (endpoint, class, bytes) in &a.sends {
+                let (addr, port) = endpoint.addr_port();
+                out.sends.push((
+                    id.tgid,
+                    Destination {
+                        addr,
+                        port,
+                        class: class.as_str().into(),
+                        bytes: *bytes,
+                    },
+                ));
+            }
+        }
+        out
     }
 
     /// What each process did this poll, as the detector sees it. Processes

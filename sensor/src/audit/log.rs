@@ -1,0 +1,389 @@
+//! Writing the audit log: accumulating accesses per interval, sealing each
+//! record into the chain, rotating by size and fsyncing on a cadence.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::{File, OpenOptions},
+    io::{Read, Seek, SeekFrom, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+
+use super::{
+    chain,
+    record::{Access, Destination, Envelope, Event},
+    AuditPoll,
+};
+use crate::{alerts::rfc3339, config::AuditConfig};
+
+/// The agent's open audit log.
+pub struct AuditLog {
+    cfg: AuditConfig,
+    file: File,
+    size: u64,
+    /// Sequence number of the next record.
+    seq: u64,
+    /// Hash of the last record written.
+    prev: String,
+    last_sync: Instant,
+    unsynced: bool,
+    span_start: SystemTime,
+    /// (pid, dev, inode) → the access so far in this interval.
+    pending: BTreeMap<(u32, u32, u64), Access>,
+    /// pid → bytes sent per destination in this interval.
+    sends: HashMap<u32, Vec<Destination>>,
+    /// Records written since opened.
+    written: u64,
+}
+
+/// How the previous run ended, found when the log is opened again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gap {
+    pub from: String,
+    pub seconds: u64,
+    pub clean: bool,
+    pub truncated_bytes: u64,
+}
+
+/// The last record of a log: its sequence number, hash, kind and time.
+#[derive(Debug)]
+struct Tail {
+    seq: u64,
+    hash: String,
+    kind: String,
+    ts: String,
+    unix: Option<u64>,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log and continues its chain: a `gap` record
+    /// for the span the agent did not run (returned too), then `start`.
+    pub fn open(
+        cfg: &AuditConfig,
+        host: &str,
+        now: SystemTime,
+    ) -> anyhow::Result<(AuditLog, Option<Gap>)> {
+        let path = &cfg.path;
+        let truncated = trim_torn_tail(path)
+            .with_context(|| format!("cannot read audit-log {}", path.display()))?;
+        let tail = [path.clone(), rotated(path, 1)]
+            .iter()
+            .find_map(|p| last_record(p).transpose())
+            .transpose()
+            .with_context(|| format!("cannot read audit-log {}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open audit-log {}", path.display()))?;
+        let size = file.metadata()?.len();
+        let mut log = AuditLog {
+            cfg: cfg.clone(),
+            file,
+            size,
+            seq: tail.as_ref().map(|t| t.seq + 1).unwrap_or(0),
+            prev: tail
+                .as_ref()
+                .map(|t| t.hash.clone())
+                .unwrap_or_else(|| chain::GENESIS.to_string()),
+            last_sync: Instant::now(),
+            unsynced: false,
+            span_start: now,
+            pending: BTreeMap::new(),
+            sends: HashMap::new(),
+            written: 0,
+        };
+        let gap = tail.map(|t| {
+            let now_unix = unix(now);
+            Gap {
+                seconds: t.unix.map(|u| now_unix.saturating_sub(u)).unwrap_or(0),
+                from: t.ts,
+                clean: t.kind == "stop" && truncated == 0,
+                truncated_bytes: truncated,
+            }
+        });
+        if let Some(g) = &gap {
+            log.write(
+                &Event::Gap {
+                    from: g.from.clone(),
+                    until: rfc3339(now),
+                    seconds: g.seconds,
+                    clean: g.clean,
+                    truncated_bytes: g.truncated_bytes,
+                },
+                now,
+            )?;
+        }
+        log.write(
+            &Event::Start {
+                version: env!("CARGO_PKG_VERSION").into(),
+                host: host.into(),
+                pid: std::process::id(),
+                interval_s: cfg.interval.as_secs(),
+                keyed: cfg.key.is_some(),
+            },
+            now,
+        )?;
+        log.sync()?;
+        Ok((log, gap))
+    }
+
+    /// Adds one poll's accesses and sends to the current interval.
+    pub fn observe(&mut self, poll: AuditPoll) {
+        for a in poll.accesses {
+            let key = (a.pid, a.dev, a.inode);
+            match self.pending.get_mut(&key) {
+                Some(e) => {
+                    e.read_bytes += a.read_bytes;
+                    // Later polls may know more (exe read once the process was seen).
+                    if e.exe.is_empty() {
+                        e.exe = a.exe;
+                        e.cmdline = a.cmdline;
+                    }
+                }
+                None => {
+                    self.pending.insert(key, a);
+                }
+            }
+        }
+        for (pid, d) in poll.sends {
+            let list = self.sends.entry(pid).or_default();
+            match list
+                .iter_mut()
+                .find(|x| x.addr == d.addr && x.port == d.port)
+            {
+                Some(x) => x.bytes += d.bytes,
+                None => list.push(d),
+            }
+        }
+    }
+
+    /// Records written since the log was opened.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes the interval's records once it is over, and fsyncs on cadence.
+    pub fn tick(&mut self, now: SystemTime) -> anyhow::Result<()> {
+        let elapsed = now.duration_since(self.span_start).unwrap_or_default();
+        if elapsed >= self.cfg.interval {
+            self.flush(now)?;
+        }
+        if self.unsynced && self.last_sync.elapsed() >= self.cfg.fsync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Writes one agent event (a tamper finding) at once.
+    pub fn event(&mut self, event: &Event, now: SystemTime) -> anyhow::Result<()> {
+        self.write(event, now)?;
+        if self.cfg.fsync.is_zero() {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// A clean stop: the open interval's records, `stop`, fsync.
+    pub fn stop(mut self, reason: &str, now: SystemTime) -> anyhow::Result<()> {
+        self.flush(now)?;
+        self.write(
+            &Event::Stop {
+                reason: reason.into(),
+            },
+            now,
+        )?;
+        self.sync()
+    }
+
+    fn flush(&mut self, end: SystemTime) -> anyhow::Result<()> {
+        let (start, end_text) = (rfc3339(self.span_start), rfc3339(end));
+        let pending = std::mem::take(&mut self.pending);
+        let sends = std::mem::take(&mut self.sends);
+        for (_, mut a) in pending {
+            a.start = start.clone();
+            a.end = end_text.clone();
+            if let Some(dests) = sends.get(&a.pid) {
+                a.sent_bytes = dests.iter().map(|d| d.bytes).sum();
+                a.untrusted_sent_bytes = dests
+                    .iter()
+                    .filter(|d| d.class == "untrusted")
+                    .map(|d| d.bytes)
+                    .sum();
+                a.destinations = dests.clone();
+            }
+            self.write(&Event::Access(a), end)?;
+        }
+        self.span_start = end;
+        Ok(())
+    }
+
+    /// Seals and appends one record, rotating first when it would not fit.
+    fn write(&mut self, event: &Event, now: SystemTime) -> anyhow::Result<()> {
+        let ts = rfc3339(now);
+        let body = serde_json::to_string(&Envelope {
+            seq: self.seq,
+            ts: &ts,
+            event,
+            prev: &self.prev,
+        })?;
+        let (line, hash) = chain::seal(&body, self.cfg.key.as_deref());
+        let len = line.len() as u64 + 1;
+        if self.size > 0 && self.size + len > self.cfg.max_bytes {
+            self.rotate(now)?;
+        }
+        self.file
+            .write_all(format!("{line}\n").as_bytes())
+            .with_context(|| format!("writing audit-log {}", self.cfg.path.display()))?;
+        self.size += len;
+        self.seq += 1;
+        self.written += 1;
+        self.prev = hash;
+        self.unsynced = true;
+        if self.cfg.fsync.is_zero() {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// PATH → PATH.1 → … → PATH.N; the file pushed past N is deleted, and
+    /// the new file says so first (`rotate`), so a verifier can tell a
+    /// rotation from a removed file.
+    fn rotate(&mut self, now: SystemTime) -> anyhow::Result<()> {
+        self.sync()?;
+        let path = self.cfg.path.clone();
+        let n = self.cfg.max_files;
+        let oldest = rotated(&path, n);
+        let dropped = match last_record(&oldest) {
+            Ok(Some(t)) => Some(t.seq),
+            _ => None,
+        };
+        if oldest.exists() {
+            std::fs::remove_file(&oldest)
+                .with_context(|| format!("removing {}", oldest.display()))?;
+        }
+        for i in (1..n).rev() {
+            let from = rotated(&path, i);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&path, i + 1))?;
+            }
+        }
+        std::fs::rename(&path, rotated(&path, 1))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open audit-log {}", path.display()))?;
+        self.size = 0;
+        if let Some(seq) = dropped {
+            self.write(
+                &Event::Rotate {
+                    dropped_file: oldest.display().to_string(),
+                    dropped_through_seq: seq,
+                },
+                now,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> anyhow::Result<()> {
+        self.file
+            .sync_data()
+            .with_context(|| format!("fsync of audit-log {}", self.cfg.path.display()))?;
+        self.last_sync = Instant::now();
+        self.unsynced = false;
+        Ok(())
+    }
+}
+
+/// `PATH.i`.
+pub fn rotated(path: &Path, i: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{i}"));
+    PathBuf::from(name)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A write cut short by a crash leaves a line without its newline: cut it
+/// off (the `gap` record says how many bytes). Returns that count.
+fn trim_torn_tail(path: &Path) -> std::io::Result<u64> {
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let (keep, _) = last_newline(&mut f, len)?;
+    if keep < len {
+        f.set_len(keep)?;
+        f.sync_data()?;
+    }
+    Ok(len - keep)
+}
+
+/// Where the content up to and including the last newline ends, and the
+/// start of the last complete line.
+fn last_newline(f: &mut File, len: u64) -> std::io::Result<(u64, u64)> {
+    let mut chunk = 64 * 1024u64;
+    loop {
+        let from = len.saturating_sub(chunk);
+        let mut buf = vec![0u8; (len - from) as usize];
+        f.seek(SeekFrom::Start(from))?;
+        f.read_exact(&mut buf)?;
+        if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
+            let end_abs = from + end as u64 + 1;
+            if let Some(start) = buf[..end].iter().rposition(|b| *b == b'\n') {
+                return Ok((end_abs, from + start as u64 + 1));
+            }
+            if from == 0 {
+                return Ok((end_abs, 0));
+            }
+        } else if from == 0 {
+            return Ok((0, 0));
+        }
+        chunk *= 4;
+    }
+}
+
+/// The last complete record of `path`, `None` for a missing or empty file.
+fn last_record(path: &Path) -> anyhow::Result<Option<Tail>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let len = f.metadata()?.len();
+    let (end, start) = last_newline(&mut f, len)?;
+    if end == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; (end - start - 1) as usize];
+    f.seek(SeekFrom::Start(start))?;
+    f.read_exact(&mut buf)?;
+    let line = String::from_utf8_lossy(&buf);
+    let sealed = chain::unseal(&line)
+        .with_context(|| format!("the last line of {} is not an audit record", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&sealed.body)
+        .with_context(|| format!("the last line of {} is not JSON", path.display()))?;
+    let ts = v["ts"].as_str().unwrap_or_default().to_string();
+    Ok(Some(Tail {
+        seq: v["seq"]
+            .as_u64()
+            .with_context(|| format!("the last record of {} has no seq", path.display()))?,
+        hash: sealed.hash.to_string(),
+        kind: v["kind"].as_str().unwrap_or_default().to_string(),
+        unix: super::parse_rfc3339(&ts),
+        ts,
+    }))
+}
