@@ -37,7 +37,14 @@ pub struct AuditLog {
     sends: HashMap<u32, Vec<Destination>>,
     /// Records written since opened.
     written: u64,
+    /// pid → the watched files it read (as record templates), so sends in a
+    /// later interval are recorded against them too.
+    readers: HashMap<u32, Vec<Access>>,
 }
+
+/// Processes remembered as readers of watched files (their later sends are
+/// audited); past it the oldest-inserted are forgotten first.
+const MAX_READERS: usize = 16_384;
 
 /// How the previous run ended, found when the log is opened again.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +103,7 @@ impl AuditLog {
             pending: BTreeMap::new(),
             sends: HashMap::new(),
             written: 0,
+            readers: HashMap::new(),
         };
         let gap = tail.map(|t| {
             let now_unix = unix(now);
@@ -135,6 +143,7 @@ impl AuditLog {
     /// Adds one poll's accesses and sends to the current interval.
     pub fn observe(&mut self, poll: AuditPoll) {
         for a in poll.accesses {
+            self.remember_reader(&a);
             let key = (a.pid, a.dev, a.inode);
             match self.pending.get_mut(&key) {
                 Some(e) => {
@@ -200,10 +209,35 @@ impl AuditLog {
         self.sync()
     }
 
+    fn remember_reader(&mut self, a: &Access) {
+        if self.readers.len() >= MAX_READERS && !self.readers.contains_key(&a.pid) {
+            if let Some(&victim) = self.readers.keys().next() {
+                self.readers.remove(&victim);
+            }
+        }
+        let files = self.readers.entry(a.pid).or_default();
+        if !files.iter().any(|f| f.dev == a.dev && f.inode == a.inode) {
+            files.push(Access {
+                read_bytes: 0,
+                ..a.clone()
+            });
+        }
+    }
+
     fn flush(&mut self, end: SystemTime) -> anyhow::Result<()> {
         let (start, end_text) = (rfc3339(self.span_start), rfc3339(end));
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         let sends = std::mem::take(&mut self.sends);
+        // A reader that only sent this interval: a record per file it read
+        // before, with 0 bytes read and what it sent.
+        for pid in sends.keys() {
+            if pending.keys().any(|(p, _, _)| p == pid) {
+                continue;
+            }
+            for f in self.readers.get(pid).into_iter().flatten() {
+                pending.insert((f.pid, f.dev, f.inode), f.clone());
+            }
+        }
         for (_, mut a) in pending {
             a.start = start.clone();
             a.end = end_text.clone();
@@ -216,7 +250,7 @@ impl AuditLog {
                     .sum();
                 a.destinations = dests.clone();
             }
-            self.write(&Event::Access(a), end)?;
+            self.write(&Event::Access(Box::new(a)), end)?;
         }
         self.span_start = end;
         Ok(())
@@ -224,18 +258,13 @@ impl AuditLog {
 
     /// Seals and appends one record, rotating first when it would not fit.
     fn write(&mut self, event: &Event, now: SystemTime) -> anyhow::Result<()> {
-        let ts = rfc3339(now);
-        let body = serde_json::to_string(&Envelope {
-            seq: self.seq,
-            ts: &ts,
-            event,
-            prev: &self.prev,
-        })?;
-        let (line, hash) = chain::seal(&body, self.cfg.key.as_deref());
-        let len = line.len() as u64 + 1;
-        if self.size > 0 && self.size + len > self.cfg.max_bytes {
+        let (mut line, mut hash) = self.seal(event, now)?;
+        if self.size > 0 && self.size + line.len() as u64 + 1 > self.cfg.max_bytes {
+            // Rotation may write a record of its own: seal again after it.
             self.rotate(now)?;
+            (line, hash) = self.seal(event, now)?;
         }
+        let len = line.len() as u64 + 1;
         self.file
             .write_all(format!("{line}\n").as_bytes())
             .with_context(|| format!("writing audit-log {}", self.cfg.path.display()))?;
@@ -248,6 +277,18 @@ impl AuditLog {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// The next record's line and hash.
+    fn seal(&self, event: &Event, now: SystemTime) -> anyhow::Result<(String, String)> {
+        let ts = rfc3339(now);
+        let body = serde_json::to_string(&Envelope {
+            seq: self.seq,
+            ts: &ts,
+            event,
+            prev: &self.prev,
+        })?;
+        Ok(chain::seal(&body, self.cfg.key.as_deref()))
     }
 
     /// PATH → PATH.1 → … → PATH.N; the file pushed past N is deleted, and
@@ -386,4 +427,132 @@ fn last_record(path: &Path) -> anyhow::Result<Option<Tail>> {
         unix: super::parse_rfc3339(&ts),
         ts,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::{files_of, verify::verify};
+
+    fn cfg(dir: &Path, max_bytes: u64, max_files: u32) -> AuditConfig {
+        AuditConfig {
+            path: dir.join("audit.log"),
+            interval: Duration::from_secs(1),
+            max_bytes,
+            max_files,
+            fsync: Duration::from_secs(1),
+            key: None,
+        }
+    }
+
+    fn access(pid: u32, inode: u64) -> Access {
+        Access {
+            pid,
+            comm: "reader".into(),
+            path: format!("/models/{inode}.gguf"),
+            dev: 1,
+            inode,
+            read_bytes: 4096,
+            ..Access::default()
+        }
+    }
+
+    /// Writes `n` access records, one interval each.
+    fn fill(log: &mut AuditLog, n: u64, t0: SystemTime) {
+        for i in 0..n {
+            log.observe(AuditPoll {
+                accesses: vec![access(7, i)],
+                sends: Vec::new(),
+            });
+            log.tick(t0 + Duration::from_secs(i + 1)).unwrap();
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_chain_and_says_what_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), 4096, 2);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_712_400);
+        let (mut log, gap) = AuditLog::open(&c, "n1", t0).unwrap();
+        assert_eq!(gap, None);
+        fill(&mut log, 60, t0);
+        log.stop("test", t0 + Duration::from_secs(100)).unwrap();
+        let files = files_of(std::slice::from_ref(&c.path)).unwrap();
+        assert_eq!(files.len(), 3, "PATH.2, PATH.1, PATH: {files:?}");
+        let all: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        assert!(
+            all.contains("\"kind\":\"rotate\""),
+            "the dropped file is recorded"
+        );
+        let s = verify(&files, None).expect("intact after rotations");
+        assert!(
+            s.first_seq > 0,
+            "the oldest records were rotated away: {s:?}"
+        );
+        // start + 60 accesses + stop, and one `rotate` per dropped file.
+        assert!(s.last_seq > 61, "{s:?}");
+        assert!(all.trim_end().ends_with("}") && all.contains("\"kind\":\"stop\""));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_reported_on_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), 1 << 20, 4);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_712_400);
+        let (mut log, _) = AuditLog::open(&c, "n1", t0).unwrap();
+        fill(&mut log, 3, t0);
+        drop(log); // no stop: as if killed
+        let torn = b"{\"seq\":4,\"ts\":\"2026-11-";
+        let mut f = OpenOptions::new().append(true).open(&c.path).unwrap();
+        f.write_all(torn).unwrap();
+        drop(f);
+        let later = t0 + Duration::from_secs(60);
+        let (log, gap) = AuditLog::open(&c, "n1", later).unwrap();
+        let gap = gap.expect("a gap after the unclean end");
+        assert!(!gap.clean);
+        assert_eq!(gap.truncated_bytes, torn.len() as u64);
+        assert_eq!(
+            gap.seconds, 57,
+            "from the last record (t0+3) to now (t0+60)"
+        );
+        log.stop("test", later).unwrap();
+        verify(&[c.path.clone()], None).expect("the chain continues");
+    }
+
+    #[test]
+    fn sends_after_the_reads_are_recorded_against_the_files_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), 1 << 20, 4);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_712_400);
+        let (mut log, _) = AuditLog::open(&c, "n1", t0).unwrap();
+        fill(&mut log, 1, t0);
+        log.observe(AuditPoll {
+            accesses: Vec::new(),
+            sends: vec![(
+                7,
+                Destination {
+                    addr: "198.18.0.2".into(),
+                    port: 443,
+                    class: "untrusted".into(),
+                    bytes: 4096,
+                },
+            )],
+        });
+        log.tick(t0 + Duration::from_secs(5)).unwrap();
+        log.stop("test", t0 + Duration::from_secs(6)).unwrap();
+        let text = std::fs::read_to_string(&c.path).unwrap();
+        let later: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|r: &serde_json::Value| r["kind"] == "access" && r["read_bytes"] == 0)
+            .collect();
+        assert_eq!(later.len(), 1, "{text}");
+        assert_eq!(later[0]["untrusted_sent_bytes"], 4096);
+        assert_eq!(later[0]["path"], "/models/0.gguf");
+    }
 }

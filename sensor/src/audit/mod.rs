@@ -52,7 +52,7 @@ pub fn files_of(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
                 Some((i, e.path()))
             })
             .collect();
-        rotated.sort_by(|a, b| b.0.cmp(&a.0));
+        rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
         out.extend(rotated.into_iter().map(|(_, p)| p));
         if path.exists() {
             out.push(path.clone());

@@ -42,7 +42,7 @@ pub struct Access {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    Access(Access),
+    Access(Box<Access>),
     /// The agent started writing (after a `gap` when the log existed).
     Start {
         version: String,

@@ -102,12 +102,17 @@ impl Sender {
 }
 
 /// `read-send --file F --to ADDR [--proto tcp|udp] [--chunk C] [--conns K]
-/// [--bursts N --gap-ms M] [--send-bytes N] [--trusted-to ADDR] [--mark-sent N]`:
-/// read the file, send what was read (or `--send-bytes` of it), in bursts.
+/// [--bursts N --gap-ms M] [--send-bytes N] [--trusted-to ADDR] [--mark-sent N]
+/// [--also-read G]`: read the file (and G, whose bytes are not sent), send
+/// what was read (or `--send-bytes` of it), in bursts.
 pub fn read_send(a: &Args) -> Result<()> {
     let mut f = File::open(a.str("file"))?;
     let mut data = Vec::new();
     let read = f.read_to_end(&mut data)? as u64;
+    let also_read = match a.opt("also-read") {
+        Some(g) => File::open(g)?.read_to_end(&mut Vec::new())? as u64,
+        None => 0,
+    };
     let limit = a.num_or("send-bytes", read) as usize;
     let chunk = a.num_or("chunk", 65536) as usize;
     let bursts = a.num_or("bursts", 1).max(1) as usize;
@@ -138,6 +143,7 @@ pub fn read_send(a: &Args) -> Result<()> {
     report(&[
         ("pid", std::process::id() as u64),
         ("read_bytes", read),
+        ("also_read_bytes", also_read),
         ("sent_bytes", sent),
         ("trusted_sent_bytes", trusted),
         ("crossed_ms", crossed),

@@ -1,0 +1,569 @@
+//! The access audit log and tamper detection: records against the
+//! workload's own counts, `sensor audit verify` against edited, deleted,
+//! reordered and removed records, a kill -9 and restart, and tampering from
+//! outside (a detached link, a written watch map) raising `sensor_tamper`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use tests::{agent::Agent, assert_within, netns::Peer, workload, workload::Sink};
+
+const MIB: u64 = 1 << 20;
+
+/// Every record of the log at `path` (its rotated files first), parsed.
+fn records(path: &Path) -> Vec<serde_json::Value> {
+    log_files(path)
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `PATH.K` … `PATH.1`, `PATH`.
+fn log_files(path: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(u32, PathBuf)> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let base = path.file_name().unwrap().to_string_lossy().into_owned();
+            let i = name.strip_prefix(&format!("{base}."))?.parse().ok()?;
+            Some((i, e.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    out.push(path.to_path_buf());
+    out
+}
+
+fn sensor(args: &[&str]) -> Output {
+    Command::new(tests::sensor_bin())
+        .args(args)
+        .output()
+        .expect("run sensor")
+}
+
+fn verify(path: &Path) -> (Option<i32>, String) {
+    let out = sensor(&["audit", "verify", path.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+fn write_file(path: &Path, mib: u64) {
+    let chunk: Vec<u8> = (0..MIB).map(|i| (i % 241) as u8).collect();
+    let body: Vec<u8> = chunk
+        .iter()
+        .copied()
+        .cycle()
+        .take((mib * MIB) as usize)
+        .collect();
+    std::fs::write(path, body).unwrap();
+}
+
+#[test]
+fn audit_records_each_file_read_and_what_the_reader_sent() {
+    let peer = Peer::new(150);
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("weights");
+    std::fs::create_dir(&weights).unwrap();
+    let (a, b) = (weights.join("a.safetensors"), weights.join("b.gguf"));
+    write_file(&a, 16);
+    write_file(&b, 8);
+    let log = dir.path().join("audit.log");
+    let agent = Agent::start(&[
+        "--watch",
+        weights.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-interval",
+        "600",
+    ]);
+    let to = format!("{}:7500", peer.ip);
+    let mut cmd = peer.command(workload::program("au-sink"));
+    cmd.args(["tcp-sink", "--listen", &to]);
+    let sink = Sink::start(cmd);
+    let truth = workload::report(
+        "au-reader",
+        &[
+            "read-send",
+            "--file",
+            a.to_str().unwrap(),
+            "--also-read",
+            b.to_str().unwrap(),
+            "--to",
+            &to,
+        ],
+    );
+    sink.finish();
+    // Let a poll see the last bytes, then stop: the open interval is flushed.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(agent.stop().success());
+
+    let pid = truth["pid"].as_u64().unwrap();
+    let all = records(&log);
+    let mine: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| r["kind"] == "access" && r["pid"] == pid)
+        .collect();
+    for (file, key) in [(&a, "read_bytes"), (&b, "also_read_bytes")] {
+        let path = file.to_str().unwrap();
+        let recs: Vec<_> = mine.iter().filter(|r| r["path"] == path).collect();
+        assert_eq!(recs.len(), 1, "one record for {path}: {all:#?}");
+        let r = recs[0];
+        assert_within(
+            &format!("audited bytes read of {path}"),
+            r["read_bytes"].as_u64().unwrap(),
+            truth[key].as_u64().unwrap(),
+            1.0,
+        );
+        assert_within(
+            &format!("audited bytes sent by the reader of {path}"),
+            r["untrusted_sent_bytes"].as_u64().unwrap(),
+            truth["sent_bytes"].as_u64().unwrap(),
+            1.0,
+        );
+        let dests = r["destinations"].as_array().unwrap();
+        assert!(
+            dests.iter().any(|d| d["addr"] == peer.ip.to_string()
+                && d["port"] == 7500
+                && d["class"] == "untrusted"),
+            "destination of {path}: {r}"
+        );
+        assert_eq!(r["comm"], "au-reader");
+        assert!(r["exe"].as_str().unwrap().ends_with("au-reader"), "{r}");
+        assert!(r["cmdline"].as_str().unwrap().contains("read-send"), "{r}");
+        assert!(r["inode"].as_u64().unwrap() > 0 && !r["start"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(all.first().unwrap()["kind"], "start");
+    assert_eq!(all.last().unwrap()["kind"], "stop");
+
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("audit log intact"), "{text}");
+
+    let out = sensor(&[
+        "audit",
+        "query",
+        log.to_str().unwrap(),
+        "--file",
+        "b.gguf",
+        "--pid",
+        &pid.to_string(),
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "query --file b.gguf: {lines:?}");
+    assert_eq!(lines[0]["path"], b.to_str().unwrap());
+    let table = sensor(&[
+        "audit",
+        "query",
+        log.to_str().unwrap(),
+        "--comm",
+        "au-reader",
+    ]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.lines().count(), 3, "header and two rows:\n{table}");
+    let bad = sensor(&[
+        "audit",
+        "query",
+        log.to_str().unwrap(),
+        "--since",
+        "yesterday",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("'yesterday'"));
+}
+
+/// A rotated log of many records: 30 watched files read one after another.
+fn rotated_log(dir: &Path) -> PathBuf {
+    let weights = dir.join("w");
+    std::fs::create_dir(&weights).unwrap();
+    let mut files = Vec::new();
+    for i in 0..30 {
+        let f = weights.join(format!("shard-{i:02}.safetensors"));
+        std::fs::write(&f, vec![1u8; 4096]).unwrap();
+        files.push(f.to_str().unwrap().to_string());
+    }
+    let log = dir.join("audit.log");
+    let agent = Agent::start(&[
+        "--watch",
+        weights.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-interval",
+        "1",
+        "--audit-max-bytes",
+        "4KiB",
+        "--audit-max-files",
+        "20",
+    ]);
+    for (i, f) in files.iter().enumerate() {
+        let comm = format!("au-shard-{i}");
+        workload::run(&comm, &["read", "--file", f, "--bs", "4096"], "read_bytes");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(agent.stop().success());
+    assert!(log_files(&log).len() >= 4, "rotated: {:?}", log_files(&log));
+    log
+}
+
+/// A copy of the log set in a fresh directory, to break.
+fn copy_log(log: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for f in log_files(log) {
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let copy = dir.path().join(log.file_name().unwrap());
+    (dir, copy)
+}
+
+fn seq_of(line: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn assert_broken(path: &Path, expect: &[&str]) {
+    let (code, text) = verify(path);
+    assert_eq!(code, Some(1), "verify should fail: {text}");
+    for e in expect {
+        assert!(text.contains(e), "expected {e:?} in: {text}");
+    }
+}
+
+#[test]
+fn verify_names_the_edited_deleted_reordered_or_removed_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = rotated_log(dir.path());
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(0), "untouched: {text}");
+    let files = log_files(&log);
+    let middle = files[files.len() / 2].clone();
+    let middle_name = middle.file_name().unwrap().to_string_lossy().into_owned();
+
+    // Edited: one byte count changed.
+    let (_d, copy) = copy_log(&log);
+    let target = copy.with_file_name(&middle_name);
+    let mut l = lines(&target);
+    let victim = l
+        .iter()
+        .position(|x| x.contains("\"read_bytes\":4096"))
+        .unwrap();
+    let seq = seq_of(&l[victim]);
+    l[victim] = l[victim].replace("\"read_bytes\":4096", "\"read_bytes\":4095");
+    write_lines(&target, &l);
+    assert_broken(
+        &copy,
+        &[
+            &format!("record seq {seq} was edited"),
+            &format!("{middle_name}:{}", victim + 1),
+        ],
+    );
+
+    // Deleted: one record removed.
+    let (_d, copy) = copy_log(&log);
+    let target = copy.with_file_name(&middle_name);
+    let mut l = lines(&target);
+    let seq = seq_of(&l[1]);
+    l.remove(1);
+    write_lines(&target, &l);
+    assert_broken(&copy, &[&format!("record seq {seq} is missing")]);
+
+    // Reordered: two records swapped.
+    let (_d, copy) = copy_log(&log);
+    let target = copy.with_file_name(&middle_name);
+    let mut l = lines(&target);
+    let (first, second) = (seq_of(&l[0]), seq_of(&l[1]));
+    l.swap(0, 1);
+    write_lines(&target, &l);
+    assert_broken(
+        &copy,
+        &[
+            "out of order",
+            &format!("seq {second}"),
+            &format!("seq {first}"),
+        ],
+    );
+
+    // A rotated file removed.
+    let (_d, copy) = copy_log(&log);
+    let target = copy.with_file_name(&middle_name);
+    let l = lines(&target);
+    let (from, to) = (seq_of(&l[0]), seq_of(l.last().unwrap()));
+    std::fs::remove_file(&target).unwrap();
+    assert_broken(
+        &copy,
+        &[
+            &format!("records seq {from}..{to} are missing"),
+            "a rotated file removed",
+        ],
+    );
+
+    // The oldest file removed: the chain starts late.
+    let (_d, copy) = copy_log(&log);
+    let oldest = copy.with_file_name(files[0].file_name().unwrap());
+    let first = seq_of(&lines(&oldest)[0]);
+    std::fs::remove_file(&oldest).unwrap();
+    assert_broken(
+        &copy,
+        &[&format!("records seq {first}.."), "missing at the start"],
+    );
+}
+
+#[test]
+fn keyed_log_verifies_only_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, other) = (dir.path().join("key"), dir.path().join("other"));
+    std::fs::write(&key, b"0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::write(&other, b"fedcba9876543210fedcba9876543210").unwrap();
+    let log = dir.path().join("audit.log");
+    let agent = Agent::start(&[
+        "--watch",
+        dir.path().to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(agent.stop().success());
+    let check = |k: &Path| {
+        sensor(&[
+            "audit",
+            "verify",
+            log.to_str().unwrap(),
+            "--key-file",
+            k.to_str().unwrap(),
+        ])
+    };
+    let ok = check(&key);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("every MAC checked"));
+    let bad = check(&other);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("record seq 0 has a wrong MAC"));
+    let short = dir.path().join("short");
+    std::fs::write(&short, b"abc").unwrap();
+    let out = sensor(&[
+        "audit",
+        "verify",
+        log.to_str().unwrap(),
+        "--key-file",
+        short.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a short key is a usage error");
+}
+
+#[test]
+fn kill_9_and_restart_continue_the_chain_and_record_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w");
+    std::fs::create_dir(&weights).unwrap();
+    let file = weights.join("m.safetensors");
+    write_file(&file, 8);
+    let log = dir.path().join("audit.log");
+    let args = [
+        "--watch",
+        weights.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-interval",
+        "1",
+        "--audit-fsync-secs",
+        "0",
+    ];
+    let first = Agent::start(&args);
+    let path = file.to_str().unwrap();
+    let before = workload::report("au-before", &["read", "--file", path, "--bs", "65536"]);
+    let has_access = |pid: &serde_json::Value| {
+        std::path::Path::new(&log).exists()
+            && records(&log)
+                .iter()
+                .any(|r| r["kind"] == "access" && r["pid"] == *pid)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !has_access(&before["pid"]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access record before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on the agent's pid.
+    unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+    drop(first);
+    let killed = records(&log);
+    assert_ne!(killed.last().unwrap()["kind"], "stop");
+
+    let second = Agent::start(&args);
+    let (_, alert) = second.wait_for_alert(Duration::from_secs(5), "agent_gap", |a| {
+        a["rule"] == "sensor_tamper" && a["what"] == "agent_gap"
+    });
+    assert!(
+        alert["detail"]
+            .as_str()
+            .unwrap()
+            .contains("without a clean stop"),
+        "{alert}"
+    );
+    let after = workload::report("au-after", &["read", "--file", path, "--bs", "65536"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(second.stop().success());
+
+    let all = records(&log);
+    let gap = all
+        .iter()
+        .find(|r| r["kind"] == "gap")
+        .unwrap_or_else(|| panic!("no gap record: {all:#?}"));
+    assert_eq!(gap["clean"], false, "{gap}");
+    assert_eq!(
+        gap["seq"],
+        killed.last().unwrap()["seq"].as_u64().unwrap() + 1
+    );
+    for (who, truth) in [("before", &before), ("after", &after)] {
+        let read: u64 = all
+            .iter()
+            .filter(|r| r["kind"] == "access" && r["pid"] == truth["pid"])
+            .map(|r| r["read_bytes"].as_u64().unwrap())
+            .sum();
+        assert_within(&format!("audited {who} the kill"), read, 8 * MIB, 1.0);
+    }
+    assert!(all
+        .iter()
+        .any(|r| r["kind"] == "tamper" && r["what"] == "agent_gap"));
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(0), "the chain continues across the kill: {text}");
+}
+
+/// `NAME → id` of the BPF maps the agent holds, and its cgroup links' ids.
+fn agent_objects(pid: u32) -> (Vec<(String, u32)>, Vec<u32>) {
+    let (mut maps, mut links) = (Vec::new(), Vec::new());
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        if let Some(id) = field("map_id").and_then(|v| v.parse::<u32>().ok()) {
+            let out = Command::new("bpftool")
+                .args(["-j", "map", "show", "id", &id.to_string()])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            maps.push((v["name"].as_str().unwrap_or("").to_string(), id));
+        }
+        if field("link_type").as_deref() == Some("cgroup") {
+            links.push(field("link_id").unwrap().parse().unwrap());
+        }
+    }
+    (maps, links)
+}
+
+#[test]
+fn detaching_a_link_or_writing_the_watch_map_raises_sensor_tamper() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&["--watch", dir.path().to_str().unwrap()]);
+    let (maps, links) = agent_objects(agent.pid());
+    assert_eq!(links.len(), 2, "the agent's cgroup links: {links:?}");
+
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "id", &links[0].to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, alert) = agent.wait_for_alert(Duration::from_secs(2), "program_detached", |a| {
+        a["rule"] == "sensor_tamper" && a["what"] == "program_detached"
+    });
+    assert!(
+        alert["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("link {}", links[0])),
+        "{alert}"
+    );
+
+    let inodes = maps
+        .iter()
+        .find(|(n, _)| n == "WATCH_INODES")
+        .map(|(_, id)| *id)
+        .expect("WATCH_INODES");
+    let key = [
+        "1", "0", "0", "0", "0", "0", "0", "0", "2", "0", "0", "0", "0", "0", "0", "0",
+    ];
+    let out = Command::new("bpftool")
+        .args(["map", "update", "id", &inodes.to_string(), "key", "hex"])
+        .args(key)
+        .args([
+            "value", "hex", "ff", "ff", "ff", "ff", "ff", "ff", "ff", "ff",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, alert) = agent.wait_for_alert(Duration::from_secs(2), "map_written", |a| {
+        a["rule"] == "sensor_tamper" && a["what"] == "map_written"
+    });
+    assert!(
+        alert["detail"].as_str().unwrap().contains("WATCH_INODES"),
+        "{alert}"
+    );
+
+    let m = agent.metrics();
+    for what in ["program_detached", "map_written"] {
+        assert_eq!(
+            m.sum("sensor_tamper_events_total", &[("what", what)]),
+            1,
+            "{what}: one finding, raised once"
+        );
+    }
+    let beat = m.sum("sensor_heartbeat_timestamp_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(beat) <= 5, "heartbeat {beat}, now {now}");
+}
