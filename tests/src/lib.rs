@@ -6,6 +6,7 @@
 //! program that does not load or attach fails the test with the reason.
 
 pub mod agent;
+pub mod bpf;
 pub mod netns;
 pub mod scrape;
 pub mod workload;
@@ -52,6 +53,13 @@ pub fn cgroup2_root() -> PathBuf {
             left.split_whitespace().nth(4).map(PathBuf::from)
         })
         .expect("no cgroup v2 mount")
+}
+
+/// Writes `bytes` of a repeating pattern to `path`.
+pub fn pattern_file(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
+    let chunk: Vec<u8> = (0..1u64 << 20).map(|i| (i % 251) as u8).collect();
+    let body: Vec<u8> = chunk.iter().copied().cycle().take(bytes as usize).collect();
+    std::fs::write(path, body)
 }
 
 /// Asserts `actual` is within `pct` percent of `expected` (which comes from

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use tests::{agent::Agent, assert_within, netns::Peer, workload, workload::Sink};
+use tests::{agent::Agent, assert_within, bpf, netns::Peer, workload, workload::Sink};
 
 const MIB: u64 = 1 << 20;
 
@@ -45,6 +45,14 @@ fn log_files(path: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// An agent watching `watch` and writing the audit log `log`.
+fn audited(watch: &Path, log: &Path, extra: &[&str]) -> Agent {
+    let mut args = vec!["--watch", watch.to_str().unwrap()];
+    args.extend(["--audit-log", log.to_str().unwrap()]);
+    args.extend(extra);
+    Agent::start(&args)
+}
+
 fn sensor(args: &[&str]) -> Output {
     Command::new(tests::sensor_bin())
         .args(args)
@@ -63,14 +71,7 @@ fn verify(path: &Path) -> (Option<i32>, String) {
 }
 
 fn write_file(path: &Path, mib: u64) {
-    let chunk: Vec<u8> = (0..MIB).map(|i| (i % 241) as u8).collect();
-    let body: Vec<u8> = chunk
-        .iter()
-        .copied()
-        .cycle()
-        .take((mib * MIB) as usize)
-        .collect();
-    std::fs::write(path, body).unwrap();
+    tests::pattern_file(path, mib * MIB).unwrap();
 }
 
 #[test]
@@ -83,14 +84,7 @@ fn audit_records_each_file_read_and_what_the_reader_sent() {
     write_file(&a, 16);
     write_file(&b, 8);
     let log = dir.path().join("audit.log");
-    let agent = Agent::start(&[
-        "--watch",
-        weights.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-        "--audit-interval",
-        "600",
-    ]);
+    let agent = audited(&weights, &log, &["--audit-interval", "600"]);
     let to = format!("{}:7500", peer.ip);
     let mut cmd = peer.command(workload::program("au-sink"));
     cmd.args(["tcp-sink", "--listen", &to]);
@@ -201,18 +195,18 @@ fn rotated_log(dir: &Path) -> PathBuf {
         files.push(f.to_str().unwrap().to_string());
     }
     let log = dir.join("audit.log");
-    let agent = Agent::start(&[
-        "--watch",
-        weights.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-        "--audit-interval",
-        "1",
-        "--audit-max-bytes",
-        "4KiB",
-        "--audit-max-files",
-        "20",
-    ]);
+    let agent = audited(
+        &weights,
+        &log,
+        &[
+            "--audit-interval",
+            "1",
+            "--audit-max-bytes",
+            "4KiB",
+            "--audit-max-files",
+            "20",
+        ],
+    );
     for (i, f) in files.iter().enumerate() {
         let comm = format!("au-shard-{i}");
         workload::run(&comm, &["read", "--file", f, "--bs", "4096"], "read_bytes");
@@ -345,14 +339,11 @@ fn keyed_log_verifies_only_with_its_key() {
     std::fs::write(&key, b"0123456789abcdef0123456789abcdef").unwrap();
     std::fs::write(&other, b"fedcba9876543210fedcba9876543210").unwrap();
     let log = dir.path().join("audit.log");
-    let agent = Agent::start(&[
-        "--watch",
-        dir.path().to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-        "--audit-key-file",
-        key.to_str().unwrap(),
-    ]);
+    let agent = audited(
+        dir.path(),
+        &log,
+        &["--audit-key-file", key.to_str().unwrap()],
+    );
     assert!(agent.stop().success());
     let check = |k: &Path| {
         sensor(&[
@@ -393,17 +384,8 @@ fn kill_9_and_restart_continue_the_chain_and_record_the_gap() {
     let file = weights.join("m.safetensors");
     write_file(&file, 8);
     let log = dir.path().join("audit.log");
-    let args = [
-        "--watch",
-        weights.to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-        "--audit-interval",
-        "1",
-        "--audit-fsync-secs",
-        "0",
-    ];
-    let first = Agent::start(&args);
+    let args = ["--audit-interval", "1", "--audit-fsync-secs", "0"];
+    let first = audited(&weights, &log, &args);
     let path = file.to_str().unwrap();
     let before = workload::report("au-before", &["read", "--file", path, "--bs", "65536"]);
     let has_access = |pid: &serde_json::Value| {
@@ -426,7 +408,7 @@ fn kill_9_and_restart_continue_the_chain_and_record_the_gap() {
     let killed = records(&log);
     assert_ne!(killed.last().unwrap()["kind"], "stop");
 
-    let second = Agent::start(&args);
+    let second = audited(&weights, &log, &args);
     let (_, alert) = second.wait_for_alert(Duration::from_secs(5), "agent_gap", |a| {
         a["rule"] == "sensor_tamper" && a["what"] == "agent_gap"
     });
@@ -469,28 +451,17 @@ fn kill_9_and_restart_continue_the_chain_and_record_the_gap() {
 /// `NAME → id` of the BPF maps the agent holds, and its cgroup links' ids.
 fn agent_objects(pid: u32) -> (Vec<(String, u32)>, Vec<u32>) {
     let (mut maps, mut links) = (Vec::new(), Vec::new());
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let field = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        };
-        if let Some(id) = field("map_id").and_then(|v| v.parse::<u32>().ok()) {
-            let out = Command::new("bpftool")
-                .args(["-j", "map", "show", "id", &id.to_string()])
-                .output()
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            maps.push((v["name"].as_str().unwrap_or("").to_string(), id));
+    for e in bpf::fdinfo(pid) {
+        if let Some(id) = bpf::field(&e, "map_id") {
+            let v: serde_json::Value =
+                serde_json::from_slice(&bpf::bpftool(&["-j", "map", "show", "id", id])).unwrap();
+            maps.push((
+                v["name"].as_str().unwrap_or("").to_string(),
+                id.parse().unwrap(),
+            ));
         }
-        if field("link_type").as_deref() == Some("cgroup") {
-            links.push(field("link_id").unwrap().parse().unwrap());
+        if bpf::field(&e, "link_type") == Some("cgroup") {
+            links.push(bpf::field(&e, "link_id").unwrap().parse().unwrap());
         }
     }
     (maps, links)
@@ -503,15 +474,7 @@ fn detaching_a_link_or_writing_the_watch_map_raises_sensor_tamper() {
     let (maps, links) = agent_objects(agent.pid());
     assert_eq!(links.len(), 2, "the agent's cgroup links: {links:?}");
 
-    let out = Command::new("bpftool")
-        .args(["link", "detach", "id", &links[0].to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bpf::bpftool(&["link", "detach", "id", &links[0].to_string()]);
     let (_, alert) = agent.wait_for_alert(Duration::from_secs(2), "program_detached", |a| {
         a["rule"] == "sensor_tamper" && a["what"] == "program_detached"
     });
@@ -528,22 +491,14 @@ fn detaching_a_link_or_writing_the_watch_map_raises_sensor_tamper() {
         .find(|(n, _)| n == "WATCH_INODES")
         .map(|(_, id)| *id)
         .expect("WATCH_INODES");
-    let key = [
-        "1", "0", "0", "0", "0", "0", "0", "0", "2", "0", "0", "0", "0", "0", "0", "0",
-    ];
-    let out = Command::new("bpftool")
-        .args(["map", "update", "id", &inodes.to_string(), "key", "hex"])
-        .args(key)
-        .args([
-            "value", "hex", "ff", "ff", "ff", "ff", "ff", "ff", "ff", "ff",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A bogus directory inode (dev 1, inode 2) watched for everything.
+    let mut args = vec!["map", "update", "id"];
+    let id = inodes.to_string();
+    args.push(&id);
+    args.extend(["key", "hex", "01", "0", "0", "0", "0", "0", "0", "0"]);
+    args.extend(["02", "0", "0", "0", "0", "0", "0", "0", "value", "hex"]);
+    args.extend(["ff"; 8]);
+    bpf::bpftool(&args);
     let (_, alert) = agent.wait_for_alert(Duration::from_secs(2), "map_written", |a| {
         a["rule"] == "sensor_tamper" && a["what"] == "map_written"
     });

@@ -3,27 +3,7 @@
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use tests::agent::Agent;
-
-/// BPF program ids held by a process's file descriptors (links and programs
-/// both show `prog_id` in fdinfo).
-fn prog_ids_of(pid: u32) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("fdinfo")
-        .flatten()
-    {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        for line in text.lines() {
-            if let Some(id) = line.strip_prefix("prog_id:") {
-                ids.insert(id.trim().parse().expect("prog id"));
-            }
-        }
-    }
-    ids
-}
+use tests::{agent::Agent, bpf};
 
 /// Program ids the kernel lists (`bpftool prog list`).
 fn loaded_prog_ids() -> BTreeSet<u32> {
@@ -49,7 +29,7 @@ fn loaded_prog_ids() -> BTreeSet<u32> {
 #[test]
 fn sigterm_exits_zero_and_detaches_everything() {
     let agent = Agent::start(&[]);
-    let ours = prog_ids_of(agent.pid());
+    let ours = bpf::prog_ids_of(agent.pid());
     assert!(
         ours.len() >= 4,
         "expected the agent to hold at least 4 programs, found {ours:?}"

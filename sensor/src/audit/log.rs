@@ -521,7 +521,7 @@ mod tests {
             "from the last record (t0+3) to now (t0+60)"
         );
         log.stop("test", later).unwrap();
-        verify(&[c.path.clone()], None).expect("the chain continues");
+        verify(std::slice::from_ref(&c.path), None).expect("the chain continues");
     }
 
     #[test]

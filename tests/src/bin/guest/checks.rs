@@ -28,18 +28,12 @@ impl Data {
         std::fs::create_dir_all(root.join("weights"))?;
         std::fs::create_dir_all(root.join("other"))?;
         std::fs::create_dir_all(root.join("bin"))?;
-        let chunk: Vec<u8> = (0..MIB).map(|i| (i % 253) as u8).collect();
         for (path, mib) in [
             (Data::watched_in(&root), 16),
             (Data::unwatched_in(&root), 8),
         ] {
-            let body: Vec<u8> = chunk
-                .iter()
-                .copied()
-                .cycle()
-                .take((mib * MIB) as usize)
-                .collect();
-            std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+            tests::pattern_file(&path, mib * MIB)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(Data { root })
     }
