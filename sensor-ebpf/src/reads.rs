@@ -20,6 +20,12 @@ use crate::{
 /// a loop of reads on one descriptor (the common case) skips the inode
 /// reads and the watched decision. Valid while the `struct file` and its
 /// inode are the same objects and the watch generation has not moved.
+///
+/// Programs on one CPU can interleave where the kernel preempts them (full
+/// or lazy preemption: a task preempted inside this program, another task
+/// running it on the same CPU). So the entry is copied out whole and
+/// trusted only when its `check` matches its fields: a copy torn between
+/// two writers fails it and the decision is made afresh.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct LastFile {
@@ -31,6 +37,26 @@ struct LastFile {
     watched: u32,
     dev: u32,
     ino: u64,
+    check: u64,
+}
+
+impl LastFile {
+    #[inline(always)]
+    fn digest(&self) -> u64 {
+        let a = ((self.generation as u64) << 32) | self.kind as u64;
+        let b = ((self.watched as u64) << 32) | self.dev as u64;
+        (self.file ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xff51_afd7_ed55_8ccd)
+            ^ self.inode.rotate_left(17)
+            ^ a.rotate_left(29).wrapping_mul(0xc4ce_b9fe_1a85_ec53)
+            ^ b.rotate_left(41)
+            ^ self.ino.rotate_left(7)
+    }
+
+    #[inline(always)]
+    fn sealed(mut self) -> Self {
+        self.check = self.digest();
+        self
+    }
 }
 
 #[map(name = "LAST_FILE")]
@@ -100,38 +126,45 @@ pub fn regular_file_inode(file: *const u8) -> Result<Option<(*const u8, InodeKey
 pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
     let inode = read_ptr(file, off!(file_inode))?;
     let generation = watch::generation();
-    let Some(last) = LAST_FILE.get_ptr_mut(0) else {
+    let Some(slot) = LAST_FILE.get_ptr_mut(0) else {
         return Ok(());
     };
-    // SAFETY: this CPU's slot, used by programs on this CPU only.
-    let last = unsafe { &mut *last };
-    if last.file != file as u64 || last.inode != inode as u64 || last.generation != generation {
-        match regular_file_inode(file)? {
-            Some((_, key)) => {
-                let watched = watch::is_watched(file, &key)?;
-                *last = LastFile {
-                    file: file as u64,
-                    inode: inode as u64,
-                    generation,
-                    kind: KIND_REGULAR,
-                    watched: watched as u32,
-                    dev: key.dev,
-                    ino: key.ino,
-                };
-            }
-            None => {
-                *last = LastFile {
-                    file: file as u64,
-                    inode: inode as u64,
-                    generation,
-                    kind: KIND_OTHER,
-                    watched: 0,
-                    dev: 0,
-                    ino: 0,
-                };
-            }
+    // SAFETY: this CPU's slot; copied out whole, then checked (see LastFile).
+    let cached = unsafe { core::ptr::read_volatile(slot) };
+    let last = if cached.file == file as u64
+        && cached.inode == inode as u64
+        && cached.generation == generation
+        && cached.check == cached.digest()
+    {
+        cached
+    } else {
+        let fresh = match regular_file_inode(file)? {
+            Some((_, key)) => LastFile {
+                file: file as u64,
+                inode: inode as u64,
+                generation,
+                kind: KIND_REGULAR,
+                watched: watch::is_watched(file, &key)? as u32,
+                dev: key.dev,
+                ino: key.ino,
+                check: 0,
+            },
+            None => LastFile {
+                file: file as u64,
+                inode: inode as u64,
+                generation,
+                kind: KIND_OTHER,
+                watched: 0,
+                dev: 0,
+                ino: 0,
+                check: 0,
+            },
         }
-    }
+        .sealed();
+        // SAFETY: as above; a torn write is caught by the next reader's check.
+        unsafe { core::ptr::write_volatile(slot, fresh) };
+        fresh
+    };
     if last.kind != KIND_REGULAR {
         return Ok(());
     }

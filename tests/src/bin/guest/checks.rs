@@ -164,6 +164,19 @@ pub fn run_all(bin: &str, data: &Data, url: &str) -> Result<()> {
             uring,
         ));
     }
+    // What the kernel side could not count explains a miscount.
+    for s in m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "sensor_lost_events_total")
+    {
+        if let prometheus_parse::Value::Counter(v) = s.value {
+            if v > 0.0 {
+                let reason = s.labels.get("reason").unwrap_or("?");
+                println!("matrix: note lost {reason} {v}");
+            }
+        }
+    }
     let mut failed = Vec::new();
     for c in &counts {
         let verdict = if c.ok() { "ok" } else { "FAIL" };
