@@ -54,13 +54,23 @@ impl Tail {
             first.contains("sensor tail:"),
             "tail did not start: {first}"
         );
-        std::thread::spawn(move || for _ in err.lines() {});
-        // Standalone mode loads programs; give it its first poll.
-        std::thread::sleep(Duration::from_millis(if first.contains("standalone") {
-            2500
+        if first.contains("standalone") {
+            // Counting starts once its programs are attached and polled.
+            let mut seen = String::new();
+            loop {
+                let mut line = String::new();
+                if err.read_line(&mut line).unwrap() == 0 {
+                    panic!("standalone tail ended before attaching:\n{seen}");
+                }
+                if line.contains("programs attached") {
+                    break;
+                }
+                seen.push_str(&line);
+            }
         } else {
-            300
-        }));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        std::thread::spawn(move || for _ in err.lines() {});
         Tail { child, lines }
     }
 

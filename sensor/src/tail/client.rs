@@ -207,6 +207,7 @@ async fn standalone(
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     pipeline.poll(&mut sensor)?; // what happened before we started is not this view's
+    eprintln!("sensor tail: programs attached, watching");
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
