@@ -20,7 +20,8 @@ pub struct Agent {
     alerts: Arc<Mutex<Vec<(u64, serde_json::Value)>>>,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the epoch (alert arrival times use it).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

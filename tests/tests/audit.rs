@@ -9,7 +9,13 @@ use std::{
     time::Duration,
 };
 
-use tests::{agent::Agent, assert_within, bpf, netns::Peer, workload, workload::Sink};
+use tests::{
+    agent::{now_ms, Agent},
+    assert_within, bpf,
+    netns::Peer,
+    workload,
+    workload::Sink,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -474,8 +480,9 @@ fn detaching_a_link_or_writing_the_watch_map_raises_sensor_tamper() {
     let (maps, links) = agent_objects(agent.pid());
     assert_eq!(links.len(), 2, "the agent's cgroup links: {links:?}");
 
+    let detached_at = now_ms();
     bpf::bpftool(&["link", "detach", "id", &links[0].to_string()]);
-    let (_, alert) = agent.wait_for_alert(Duration::from_secs(2), "program_detached", |a| {
+    let (arrived, alert) = agent.wait_for_alert(Duration::from_secs(2), "program_detached", |a| {
         a["rule"] == "sensor_tamper" && a["what"] == "program_detached"
     });
     assert!(
@@ -498,8 +505,9 @@ fn detaching_a_link_or_writing_the_watch_map_raises_sensor_tamper() {
     args.extend(["key", "hex", "01", "0", "0", "0", "0", "0", "0", "0"]);
     args.extend(["02", "0", "0", "0", "0", "0", "0", "0", "value", "hex"]);
     args.extend(["ff"; 8]);
+    let written_at = now_ms();
     bpf::bpftool(&args);
-    let (_, alert) = agent.wait_for_alert(Duration::from_secs(2), "map_written", |a| {
+    let (arrived_map, alert) = agent.wait_for_alert(Duration::from_secs(2), "map_written", |a| {
         a["rule"] == "sensor_tamper" && a["what"] == "map_written"
     });
     assert!(
@@ -507,6 +515,11 @@ fn detaching_a_link_or_writing_the_watch_map_raises_sensor_tamper() {
         "{alert}"
     );
 
+    eprintln!(
+        "TAMPER latency: link detached -> alert {} ms, map written -> alert {} ms",
+        arrived.saturating_sub(detached_at),
+        arrived_map.saturating_sub(written_at)
+    );
     let m = agent.metrics();
     for what in ["program_detached", "map_written"] {
         assert_eq!(
