@@ -77,6 +77,10 @@ pub struct Offsets {
 /// `bpf_get_current_task_btf` exists (5.11+): task fields are direct loads.
 /// Without it the programs read the task through `bpf_probe_read_kernel`.
 pub const FEATURE_TASK_BTF: u32 = 1;
+/// Sends are counted at the send syscalls' exits (no `sock_send_length`):
+/// io_uring's sends, which no syscall returns, are then counted at
+/// `io_uring_complete`.
+pub const FEATURE_SEND_FALLBACK: u32 = 2;
 
 /// `io_uring_complete` has no request argument (before 5.19): not usable.
 pub const IO_URING_TP_NONE: u32 = 0;

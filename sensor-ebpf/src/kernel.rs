@@ -74,6 +74,12 @@ pub fn has_task_btf() -> bool {
     off!(features) as u32 & sensor_common::offsets::FEATURE_TASK_BTF != 0
 }
 
+/// Sends are counted at syscall exits (see `FEATURE_SEND_FALLBACK`).
+#[inline(always)]
+pub fn send_fallback() -> bool {
+    off!(features) as u32 & sensor_common::offsets::FEATURE_SEND_FALLBACK != 0
+}
+
 /// How a kernel pointer is read: [`Direct`] loads through BTF-typed
 /// pointers, [`Probe`] helper reads through plain addresses. Code generic
 /// over it walks the same structures in both worlds.

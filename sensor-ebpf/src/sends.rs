@@ -10,9 +10,12 @@ use sensor_common::{
 
 use crate::{
     atomic, counters,
-    kernel::{off, read, Mem},
+    kernel::{off, read, read_ptr, Mem},
     proc, udp_dest,
 };
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
 
 #[map(name = "SEND_STATS")]
 static SEND_STATS: PerCpuHashMap<SendKey, SendCounters> =
@@ -86,4 +89,20 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
         atomic::add(&raw mut (*slot).ops, 1);
     }
     Ok(())
+}
+
+/// The `struct sock *` behind `file` when it is a socket.
+#[inline(always)]
+pub fn socket_of(file: *const u8) -> Result<Option<*const u8>, u32> {
+    let inode = read_ptr(file, off!(file_inode))?;
+    let mode: u16 = read(inode, off!(inode_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Ok(None);
+    }
+    let socket = read_ptr(file, off!(file_private_data))?;
+    if socket.is_null() {
+        return Ok(None);
+    }
+    let sk = read_ptr(socket, off!(socket_sk))?;
+    Ok((!sk.is_null()).then_some(sk))
 }

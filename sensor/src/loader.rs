@@ -389,7 +389,14 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::ma
 /// are not loaded into the kernel yet).
 fn open(opts: &LoadOptions) -> anyhow::Result<(Ebpf, offsets::Resolved)> {
     raise_memlock_limit();
-    let resolved = offsets::resolve_offsets(&opts.btf)?;
+    let mut resolved = offsets::resolve_offsets(&opts.btf)?;
+    if disabled_programs()
+        .iter()
+        .any(|p| p == programs::NET_SOCK_SEND_LENGTH)
+    {
+        // The send-syscall fallback will be used: io_uring sends then too.
+        resolved.offsets.features |= sensor_common::offsets::FEATURE_SEND_FALLBACK;
+    }
     let procs = opts.processes;
     let ebpf = EbpfLoader::new()
         .override_global(names::OFFSETS_GLOBAL, &resolved.offsets, true)

@@ -9,7 +9,8 @@ use std::{os::fd::AsRawFd as _, path::Path};
 use btf_rs::{Btf, Type};
 use sensor_common::{
     offsets::{
-        FEATURE_TASK_BTF, IO_URING_TP_CQE, IO_URING_TP_NONE, IO_URING_TP_RES_ARG, OFFSETS_MAGIC,
+        FEATURE_SEND_FALLBACK, FEATURE_TASK_BTF, IO_URING_TP_CQE, IO_URING_TP_NONE,
+        IO_URING_TP_RES_ARG, OFFSETS_MAGIC,
     },
     Offsets,
 };
@@ -112,6 +113,9 @@ pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
         .is_ok()
     {
         features |= FEATURE_TASK_BTF;
+    }
+    if r.tracepoint_params("sock_send_length").is_none() {
+        features |= FEATURE_SEND_FALLBACK;
     }
     let (req_opcode, req_file, cqe_res) = *io_uring.as_ref().unwrap_or(&(0, 0, 0));
     let offsets = Offsets {

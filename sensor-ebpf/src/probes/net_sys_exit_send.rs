@@ -5,8 +5,9 @@
 //! Counts the return value of write, writev, send/sendto, sendmsg, sendfile
 //! and splice whose destination descriptor is a socket, and for sendmmsg the
 //! `msg_len` of each message sent. Attached only when the preferred hook is
-//! missing. Not seen this way: io_uring sends (no syscall returns their
-//! bytes), and kernel-internal senders.
+//! missing. io_uring sends, which no syscall returns, are counted by
+//! `file_io_uring_complete` then (5.19+); kernel-internal senders are not
+//! seen this way.
 
 use aya_ebpf::{
     helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext,
@@ -15,12 +16,10 @@ use sensor_common::counter;
 
 use crate::{
     arch, counters,
-    kernel::{load, off, offsets_ready, read, read_ptr, Probe},
+    kernel::{load, offsets_ready, Probe},
     reads, sends,
 };
 
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
 /// `sizeof(struct mmsghdr)` and `offsetof(struct mmsghdr, msg_len)` (LP64 uapi).
 const MMSGHDR_SIZE: usize = 64;
 const MMSGHDR_MSG_LEN: usize = 56;
@@ -53,7 +52,7 @@ fn try_net_sys_exit_send(ctx: &BtfTracePointContext) -> Result<(), u32> {
     let Some(file) = reads::fd_to_file(fd)? else {
         return Ok(());
     };
-    let Some(sk) = socket_of(file)? else {
+    let Some(sk) = sends::socket_of(file)? else {
         return Ok(());
     };
     let bytes = if nr == arch::NR_SENDMMSG {
@@ -63,22 +62,6 @@ fn try_net_sys_exit_send(ctx: &BtfTracePointContext) -> Result<(), u32> {
         ret as u64
     };
     sends::count_send::<Probe>(sk, bytes)
-}
-
-/// The `struct sock *` behind `file` when it is a socket.
-#[inline(always)]
-fn socket_of(file: *const u8) -> Result<Option<*const u8>, u32> {
-    let inode = read_ptr(file, off!(file_inode))?;
-    let mode: u16 = read(inode, off!(inode_mode))?;
-    if mode & S_IFMT != S_IFSOCK {
-        return Ok(None);
-    }
-    let socket = read_ptr(file, off!(file_private_data))?;
-    if socket.is_null() {
-        return Ok(None);
-    }
-    let sk = read_ptr(socket, off!(socket_sk))?;
-    Ok((!sk.is_null()).then_some(sk))
 }
 
 /// Bytes of the first `sent` messages of a sendmmsg vector: the kernel

@@ -114,14 +114,40 @@ pub fn run_all(bin: &str, data: &Data, url: &str) -> Result<()> {
         "g-udp-mmsg",
         &["--unconnected", "1", "--api", "sendmmsg"],
     )?;
-    // io_uring reads are counted only where the kernel's tracepoint names the request.
+    // io_uring is seen only where the kernel's tracepoint names the request
+    // (5.19+): its reads, and its sends (by sock_send_length from 6.3, by
+    // io_uring_complete before).
     let uring = match hooks.get("file_read_io_uring").map(String::as_str) {
         Some("none") | None => None,
         Some(_) => {
             let args = ["uring-read", "--file", &w, "--bs", "65536"].map(String::from);
-            Some(workload(bin, data, "g-uring", &args, "read_bytes")?)
+            let read = workload(bin, data, "g-uring", &args, "read_bytes")?;
+            let eight = (8 * MIB).to_string();
+            let send_args = ["--api", "uring-send", "--bytes", &eight, "--chunk", "65536"];
+            let sent = tcp_send(bin, data, "g-uring-send", &send_args)?;
+            Some((read, sent))
         }
     };
+    // A 4 KiB reader of the watched file while another task reads a socket
+    // on the same (single) CPU: the kernel side must not mix their state.
+    let (interleaved_read, interleaved_sent) = std::thread::scope(|s| {
+        let sixteen = (16 * MIB).to_string();
+        let bg = s.spawn(move || {
+            tcp_send(
+                bin,
+                data,
+                "g-tcp-bg",
+                &["--bytes", &sixteen, "--chunk", "4096"],
+            )
+        });
+        let args = ["read", "--file", &w, "--bs", "4096"].map(String::from);
+        let read = workload(bin, data, "g-read-4k", &args, "read_bytes");
+        let sent = bg
+            .join()
+            .map_err(|_| anyhow::anyhow!("background sender panicked"));
+        (read, sent)
+    });
+    let (interleaved_read, interleaved_sent) = (interleaved_read?, interleaved_sent??);
     // Two polls (200 ms) and some slack for a slow emulated CPU.
     std::thread::sleep(Duration::from_millis(1500));
     let m = scrape(url)?;
@@ -157,12 +183,23 @@ pub fn run_all(bin: &str, data: &Data, url: &str) -> Result<()> {
         count("udp_sendto_unconnected", sent("g-udp-u"), udp_unconnected),
         count("udp_sendmmsg_unconnected", sent("g-udp-mmsg"), udp_mmsg),
     ];
-    if let Some(uring) = uring {
+    counts.push(count(
+        "read_watched_4k_interleaved",
+        read("g-read-4k", "true"),
+        interleaved_read,
+    ));
+    counts.push(count(
+        "tcp_send_4k_interleaved",
+        sent("g-tcp-bg"),
+        interleaved_sent,
+    ));
+    if let Some((read_bytes, sent_bytes)) = uring {
         counts.push(count(
             "io_uring_read_watched",
             read("g-uring", "true"),
-            uring,
+            read_bytes,
         ));
+        counts.push(count("io_uring_send", sent("g-uring-send"), sent_bytes));
     }
     // What the kernel side could not count explains a miscount.
     for s in m
