@@ -160,12 +160,29 @@ pub struct ExtKey {
 /// `WATCH_INODES` value: every regular file at or below the inode is watched.
 pub const WATCH_ALL: u64 = u64::MAX;
 
-/// The cached watched decision of one inode, valid for one watch-set generation.
+/// The cached watched decision of one inode, valid for one watch-set
+/// generation. It names its own inode and carries a check value: an LRU
+/// map reuses a freed element at once, so a reader preempted between the
+/// lookup and the copy may find another inode's entry, or half of one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WatchCacheEntry {
     pub generation: u32,
     pub watched: u32,
+    pub dev: u32,
+    pub check: u32,
+    pub ino: u64,
+}
+
+impl WatchCacheEntry {
+    /// The check value of the other fields.
+    #[inline(always)]
+    pub fn digest(&self) -> u32 {
+        let a = ((self.generation as u64) << 32) | self.watched as u64;
+        let h = (a ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xff51_afd7_ed55_8ccd)
+            ^ (self.ino ^ ((self.dev as u64) << 40)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        (h ^ (h >> 32)) as u32
+    }
 }
 
 /// Knobs user space changes at run time (one slot of `RUNTIME`).
@@ -191,7 +208,13 @@ pub mod counter {
     /// A `msg_len` of a sendmmsg vector could not be read back (the
     /// send-syscall fallback): those messages' bytes are not counted.
     pub const USER_READ_ERROR: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Runs of the agent's programs the kernel skipped because the same
+    /// program was already running on that CPU (a task preempted inside
+    /// it: syscall tracepoints are preemptible on recent kernels). Read by
+    /// user space from the programs' `recursion_misses`; the kernel side
+    /// never bumps this slot.
+    pub const RECURSION_MISS: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// The `reason` label of `sensor_lost_events_total`, by index.
     pub const REASONS: [&str; COUNT as usize] = [
         "proc_map_full",
@@ -201,6 +224,7 @@ pub mod counter {
         "kernel_read_error",
         "mmap_map_full",
         "user_read_error",
+        "recursion_miss",
     ];
 }
 
@@ -212,7 +236,7 @@ const _: () = {
     assert!(core::mem::size_of::<InodeKey>() == 16);
     assert!(core::mem::size_of::<FileKey>() == 16);
     assert!(core::mem::size_of::<ExtKey>() == 16);
-    assert!(core::mem::size_of::<WatchCacheEntry>() == 8);
+    assert!(core::mem::size_of::<WatchCacheEntry>() == 24);
     assert!(core::mem::size_of::<RuntimeConfig>() == 16);
     assert!(core::mem::size_of::<Dest>() == 24);
     assert!(core::mem::size_of::<MmapInfo>() == 24);

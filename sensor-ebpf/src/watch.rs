@@ -41,17 +41,27 @@ pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, u32> {
         return Ok(false);
     };
     let generation = rt.generation;
-    // SAFETY: the entry is a plain value copied out at once.
-    if let Some(cached) = unsafe { WATCH_CACHE.get(key) } {
-        if cached.generation == generation {
+    if let Some(ptr) = WATCH_CACHE.get_ptr(key) {
+        // SAFETY: copied out whole, then checked: the element may have been
+        // reused for another inode meanwhile (see WatchCacheEntry).
+        let cached = unsafe { core::ptr::read_volatile(ptr) };
+        if cached.generation == generation
+            && cached.dev == key.dev
+            && cached.ino == key.ino
+            && cached.check == cached.digest()
+        {
             return Ok(cached.watched != 0);
         }
     }
     let watched = decide(file, key, rt.any_ext_mask)?;
-    let entry = WatchCacheEntry {
+    let mut entry = WatchCacheEntry {
         generation,
         watched: watched as u32,
+        dev: key.dev,
+        check: 0,
+        ino: key.ino,
     };
+    entry.check = entry.digest();
     // A full LRU evicts the oldest decision; nothing is lost but time.
     let _ = WATCH_CACHE.insert(key, entry, 0);
     Ok(watched)

@@ -333,7 +333,19 @@ impl Sensor {
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
         }
+        out[counter::RECURSION_MISS as usize] = self.recursion_misses();
         Ok(out)
+    }
+
+    /// Runs of our programs the kernel skipped (`recursion_misses` in their
+    /// fdinfo, 5.12+; 0 where the kernel does not say).
+    pub fn recursion_misses(&self) -> u64 {
+        let ours: Vec<u32> = self.attached().iter().map(|(_, id)| *id).collect();
+        crate::fdinfo::own("bpf-prog")
+            .iter()
+            .filter(|e| crate::fdinfo::num(e, "prog_id").is_some_and(|id: u32| ours.contains(&id)))
+            .filter_map(|e| crate::fdinfo::num::<u64>(e, "recursion_misses"))
+            .sum()
     }
 
     /// Removes exited processes (and their destinations and files) from the maps.

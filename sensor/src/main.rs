@@ -11,6 +11,7 @@ mod container;
 mod destination;
 mod detect;
 mod failure;
+mod fdinfo;
 mod http;
 mod labels;
 mod loader;

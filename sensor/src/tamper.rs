@@ -18,7 +18,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::loader::{Sensor, WatchState};
+use crate::{
+    fdinfo,
+    loader::{Sensor, WatchState},
+};
 
 /// One finding.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,39 +161,18 @@ fn diff<K: Ord + Clone, V: PartialEq>(base: &[(K, V)], now: &[(K, V)]) -> Option
 
 /// This process's BPF links, by link id, from `/proc/self/fdinfo`.
 fn own_links() -> BTreeMap<u32, LinkState> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        if target.to_string_lossy() != "anon_inode:bpf_link" {
-            continue;
-        }
-        let info = format!("/proc/self/fdinfo/{}", entry.file_name().to_string_lossy());
-        let Ok(text) = std::fs::read_to_string(info) else {
-            continue;
-        };
-        let field = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
-                .map(str::trim)
-        };
-        let (Some(id), Some(prog)) = (
-            field("link_id").and_then(|v| v.parse().ok()),
-            field("prog_id").and_then(|v| v.parse().ok()),
-        ) else {
-            continue;
-        };
-        out.insert(
-            id,
-            LinkState {
-                prog_id: prog,
-                cgroup_id: field("cgroup_id").and_then(|v| v.parse().ok()),
-            },
-        );
-    }
-    out
+    fdinfo::own("bpf_link")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                fdinfo::num(e, "link_id")?,
+                LinkState {
+                    prog_id: fdinfo::num(e, "prog_id")?,
+                    cgroup_id: fdinfo::num(e, "cgroup_id"),
+                },
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
