@@ -98,14 +98,7 @@ fn exfiltrate(dir: &std::path::Path, peer: &Peer, comm: &str, port: u16) -> u64 
         .expect("pid")
 }
 
-const THRESHOLDS: [&str; 6] = [
-    "--min-read-bytes",
-    "16MiB",
-    "--min-send-bytes",
-    "8MiB",
-    "--window",
-    "60",
-];
+const WINDOW: [&str; 2] = ["--window", "60"];
 
 #[test]
 fn alert_reaches_alertmanager_v2_api() {
@@ -118,7 +111,8 @@ fn alert_reaches_alertmanager_v2_api() {
         "--alertmanager-url",
         &am.url,
     ];
-    args.extend_from_slice(&THRESHOLDS);
+    args.extend_from_slice(&tests::SCALED_THRESHOLDS);
+    args.extend_from_slice(&WINDOW);
     let agent = Agent::start(&args);
     let pid = exfiltrate(dir.path(), &peer, "am-exfil", 8100);
     let (_, line) = agent.wait_for_alert(Duration::from_secs(15), "stdout alert", |a| {
@@ -171,7 +165,8 @@ fn alertmanager_down_does_not_hold_back_alerts_or_counting() {
         "--alertmanager-url",
         &url,
     ];
-    args.extend_from_slice(&THRESHOLDS);
+    args.extend_from_slice(&tests::SCALED_THRESHOLDS);
+    args.extend_from_slice(&WINDOW);
     let agent = Agent::start(&args);
     let pid = exfiltrate(dir.path(), &peer, "am-down-exfil", 8101);
     agent.wait_for_alert(

@@ -269,14 +269,13 @@ fn prometheus_scrapes_and_the_shipped_rule_reaches_alertmanager() {
     let dir = tempfile::tempdir().unwrap();
     let agent_dir = dir.path().join("w");
     std::fs::create_dir(&agent_dir).unwrap();
-    let agent = Agent::start(&[
-        "--watch",
-        agent_dir.to_str().unwrap(),
-        "--min-read-bytes",
-        "16MiB",
-        "--min-send-bytes",
-        "8MiB",
-    ]);
+    let agent = Agent::start(
+        &[
+            &["--watch", agent_dir.to_str().unwrap()][..],
+            &tests::SCALED_THRESHOLDS,
+        ]
+        .concat(),
+    );
     let target = agent
         .metrics_url
         .trim_start_matches("http://")

@@ -58,13 +58,9 @@ impl Scene {
         let untrusted = Peer::new(u);
         let trusted = Peer::new(t);
         let (t4, t6) = (format!("198.18.{t}.0/24"), format!("2001:2:0:{t}::/64"));
-        let mut args = vec![
-            "--watch",
-            dir.path().to_str().unwrap(),
-            "--min-read-bytes",
-            "16MiB",
-            "--min-send-bytes",
-            "8MiB",
+        let mut args = vec!["--watch", dir.path().to_str().unwrap()];
+        args.extend(tests::SCALED_THRESHOLDS);
+        args.extend([
             "--min-send-ratio",
             "0.5",
             "--window",
@@ -73,7 +69,7 @@ impl Scene {
             &t4,
             "--trusted-cidr",
             &t6,
-        ];
+        ]);
         args.extend_from_slice(extra);
         let agent = Agent::start(&args);
         Scene {

@@ -341,14 +341,13 @@ fn hostile_names_are_escaped() {
     let name: &[u8] = b"w\n\"x\\{y}.safetensors";
     let weights = file(dir.path(), OsStr::from_bytes(name), 32 * MIB);
     let peer = Peer::new(130);
-    let agent = Agent::start(&[
-        "--watch",
-        dir.path().to_str().unwrap(),
-        "--min-read-bytes",
-        "16MiB",
-        "--min-send-bytes",
-        "8MiB",
-    ]);
+    let agent = Agent::start(
+        &[
+            &["--watch", dir.path().to_str().unwrap()][..],
+            &tests::SCALED_THRESHOLDS,
+        ]
+        .concat(),
+    );
     // A command name with the same characters (15 bytes at most).
     let comm: &[u8] = b"h\n\"q\\{}\xff-x";
     let link = tempfile::tempdir().unwrap();

@@ -137,14 +137,13 @@ fn attached_json_sums_to_the_workload_and_filters_others() {
     let dir = tempfile::tempdir().unwrap();
     let file = weights(dir.path());
     let peer = Peer::new(110);
-    let agent = Agent::start(&[
-        "--watch",
-        dir.path().to_str().unwrap(),
-        "--min-read-bytes",
-        "16MiB",
-        "--min-send-bytes",
-        "8MiB",
-    ]);
+    let agent = Agent::start(
+        &[
+            &["--watch", dir.path().to_str().unwrap()][..],
+            &tests::SCALED_THRESHOLDS,
+        ]
+        .concat(),
+    );
     let socket = agent.tail_socket.to_str().unwrap().to_string();
     let tail = Tail::start(&[
         "--json",
