@@ -106,3 +106,8 @@ impl Mem for Probe {
         read(base, offset)
     }
 }
+
+/// `S_IFMT` and the file types the programs tell apart (uapi `stat.h`).
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFREG: u16 = 0o100000;
+pub const S_IFSOCK: u16 = 0o140000;

@@ -12,6 +12,7 @@ use crate::{
     atomic,
     kernel::{
         current_task, current_task_btf, has_task_btf, off, read, read_ptr, Direct, Mem, Probe,
+        S_IFMT, S_IFREG,
     },
     proc, watch,
 };
@@ -68,9 +69,6 @@ const KIND_OTHER: u32 = 2;
 #[map(name = "FILE_STATS")]
 static FILE_STATS: PerCpuHashMap<FileKey, u64> =
     PerCpuHashMap::with_max_entries(maps::DEFAULT_MAX_FILES, 0);
-
-const S_IFMT: u16 = 0o170000;
-const S_IFREG: u16 = 0o100000;
 
 /// `current->files->fdt->fd[fd]`, `None` past the table or for a free slot.
 /// The walk to the table uses direct BTF loads where the kernel has

@@ -10,12 +10,9 @@ use sensor_common::{
 
 use crate::{
     atomic, counters,
-    kernel::{off, read, read_ptr, Mem},
+    kernel::{off, read, read_ptr, Mem, S_IFMT, S_IFSOCK},
     proc, udp_dest,
 };
-
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
 
 #[map(name = "SEND_STATS")]
 static SEND_STATS: PerCpuHashMap<SendKey, SendCounters> =

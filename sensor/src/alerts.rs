@@ -151,6 +151,13 @@ impl TamperAlertJson {
     }
 }
 
+/// Whole seconds since the Unix epoch (0 before it).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// `2026-11-26T17:00:00Z` (UTC, whole seconds).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t

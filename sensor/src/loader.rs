@@ -149,6 +149,8 @@ pub struct LoadOptions {
 pub struct Sensor {
     ebpf: Ebpf,
     pub probes: Vec<ProbeStatus>,
+    /// Each attached hook and its kernel program id (fixed once attached).
+    attached: Vec<(Hook, u32)>,
     generation: u32,
     any_ext_mask: u64,
 }
@@ -170,9 +172,23 @@ impl Sensor {
                 failed.failure_text()
             ));
         }
+        let attached = probes
+            .iter()
+            .filter_map(|p| p.attached)
+            .map(|h| {
+                let id = ebpf
+                    .program(h.program)
+                    .ok_or_else(|| anyhow!("eBPF object has no program {}", h.program))?
+                    .info()
+                    .with_context(|| format!("program id of {}", h.program))?
+                    .id();
+                Ok((h, id))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let mut sensor = Sensor {
             ebpf,
             probes,
+            attached,
             generation: 0,
             any_ext_mask: watch.any_ext_mask,
         };
@@ -192,15 +208,8 @@ impl Sensor {
     }
 
     /// Each attached program: its name, hook and kernel program id.
-    pub fn attached(&self) -> Vec<(Hook, u32)> {
-        self.probes
-            .iter()
-            .filter_map(|p| p.attached)
-            .filter_map(|h| {
-                let id = self.ebpf.program(h.program)?.info().ok()?.id();
-                Some((h, id))
-            })
-            .collect()
+    pub fn attached(&self) -> &[(Hook, u32)] {
+        &self.attached
     }
 
     /// What the watch tables and `RUNTIME` hold now, in a comparable form.
@@ -340,10 +349,12 @@ impl Sensor {
     /// Runs of our programs the kernel skipped (`recursion_misses` in their
     /// fdinfo, 5.12+; 0 where the kernel does not say).
     pub fn recursion_misses(&self) -> u64 {
-        let ours: Vec<u32> = self.attached().iter().map(|(_, id)| *id).collect();
         crate::fdinfo::own("bpf-prog")
             .iter()
-            .filter(|e| crate::fdinfo::num(e, "prog_id").is_some_and(|id: u32| ours.contains(&id)))
+            .filter(|e| {
+                crate::fdinfo::num(e, "prog_id")
+                    .is_some_and(|id: u32| self.attached.iter().any(|(_, ours)| *ours == id))
+            })
             .filter_map(|e| crate::fdinfo::num::<u64>(e, "recursion_misses"))
             .sum()
     }

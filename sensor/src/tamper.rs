@@ -53,7 +53,7 @@ impl TamperWatch {
         let now = own_links();
         let mut links = BTreeMap::new();
         for (hook, prog_id) in sensor.attached() {
-            if let Some((id, state)) = now.iter().find(|(_, s)| s.prog_id == prog_id) {
+            if let Some((id, state)) = now.iter().find(|(_, s)| s.prog_id == *prog_id) {
                 links.insert(*id, (hook.program, hook.hook, state.clone()));
             }
         }

@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use crate::{
-    alerts::{Sinks, TamperAlertJson},
+    alerts::{unix_secs, Sinks, TamperAlertJson},
     audit::{AuditLog, Event, Gap},
     config::Config,
     loader::Sensor,
@@ -80,7 +80,7 @@ impl Trail {
             }
             metrics.audit_records.inc_by(log.written() - before);
         }
-        metrics.heartbeat.set(unix(now) as i64);
+        metrics.heartbeat.set(unix_secs(now) as i64);
     }
 
     /// A clean stop: the open interval and a `stop` record, fsynced.
@@ -130,10 +130,4 @@ fn gap_finding(g: &Gap) -> Finding {
             g.seconds, g.from
         ),
     }
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

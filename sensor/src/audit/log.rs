@@ -17,7 +17,10 @@ use super::{
     record::{Access, Destination, Envelope, Event},
     AuditPoll,
 };
-use crate::{alerts::rfc3339, config::AuditConfig};
+use crate::{
+    alerts::{rfc3339, unix_secs},
+    config::AuditConfig,
+};
 
 /// The agent's open audit log.
 pub struct AuditLog {
@@ -106,7 +109,7 @@ impl AuditLog {
             readers: HashMap::new(),
         };
         let gap = tail.map(|t| {
-            let now_unix = unix(now);
+            let now_unix = unix_secs(now);
             Gap {
                 seconds: t.unix.map(|u| now_unix.saturating_sub(u)).unwrap_or(0),
                 from: t.ts,
@@ -348,12 +351,6 @@ pub fn rotated(path: &Path, i: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{i}"));
     PathBuf::from(name)
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A write cut short by a crash leaves a line without its newline: cut it
