@@ -90,7 +90,11 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
     // Attached: give up what loading needed, before any thread starts.
-    privilege::drop_to_kept().context("dropping capabilities")?;
+    let bounding = privilege::drop_to_kept().context("dropping capabilities")?;
+    tracing::debug!(
+        bounding_set_trimmed = bounding,
+        "capabilities dropped to BPF, SYS_PTRACE, DAC_READ_SEARCH"
+    );
     let mut sinks = Sinks::new(
         cfg.alerts_file.as_deref(),
         cfg.alertmanager_url.as_deref(),

@@ -6,7 +6,7 @@ use std::{io::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::{cli::CheckArgs, failure::Failure, loader::Sensor, offsets, sysinfo};
+use crate::{cli::CheckArgs, failure::Failure, loader::Sensor, offsets, privilege, sysinfo};
 
 #[derive(Serialize)]
 struct Row {
@@ -92,7 +92,11 @@ pub fn main(args: CheckArgs) -> Result<(), Failure> {
     // A closed stdout (`| head`) is not an error here.
     let mut out = std::io::stdout().lock();
     if args.json {
-        let doc = serde_json::json!({ "ready": ready, "checks": rows });
+        let doc = serde_json::json!({
+            "ready": ready,
+            "checks": rows,
+            "capabilities": privilege::DEPLOYMENT,
+        });
         let _ = writeln!(out, "{doc}");
     } else {
         let width = rows.iter().map(|r| r.item.len()).max().unwrap_or(0);

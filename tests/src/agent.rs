@@ -38,7 +38,21 @@ impl Agent {
 
     /// [`Agent::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let mut cmd = Command::new(crate::sensor_bin());
+        Agent::start_wrapped(&[], args, env)
+    }
+
+    /// [`Agent::start_with_env`] with the agent run under `wrapper` (a
+    /// command and its arguments, e.g. `setpriv` with a capability set), as
+    /// `wrapper... sensor run ARGS`.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(crate::sensor_bin());
+                c
+            }
+            None => Command::new(crate::sensor_bin()),
+        };
         cmd.envs(env.iter().copied());
         cmd.arg("run").args(["--metrics-addr", "127.0.0.1:0"]);
         if !args.contains(&"--poll-interval-ms") {

@@ -357,28 +357,189 @@ fn prometheus_scrapes_and_the_shipped_rule_reaches_alertmanager() {
     );
 }
 
+/// The capabilities the DaemonSet adds (after dropping ALL), upper case as
+/// Kubernetes spells them.
+fn daemonset_capabilities() -> Vec<String> {
+    let daemonset = yaml(&repo().join("deploy/kubernetes/daemonset.yaml"));
+    let ctx = &daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(
+        ctx["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "the DaemonSet drops ALL first"
+    );
+    ctx["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| c.as_str().expect("capability name").to_string())
+        .collect()
+}
+
+/// `setpriv` arguments that give a process exactly `caps` (bounding,
+/// permitted and effective for uid 0; nothing inheritable) and
+/// no_new_privs (`allowPrivilegeEscalation: false`), as a container runtime
+/// does with `drop: [ALL]`, `add: caps`.
+fn setpriv_with(caps: &[String]) -> Vec<String> {
+    let bounding = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())))
+        .collect::<Vec<_>>()
+        .join(",");
+    [
+        "setpriv",
+        "--bounding-set",
+        &bounding,
+        "--inh-caps",
+        "-all",
+        "--no-new-privs",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// One source of truth: the agent's capability table (`sensor check
+/// --json`), the DaemonSet's `add` list and the README's privileges table
+/// name the same capabilities.
+#[test]
+fn the_capability_set_has_one_source_of_truth() {
+    let out = Command::new(tests::sensor_bin())
+        .args(["check", "--json"])
+        .output()
+        .expect("sensor check");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check output ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let table: Vec<String> = doc["capabilities"]
+        .as_array()
+        .expect("capabilities in sensor check --json")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(daemonset_capabilities(), table, "DaemonSet vs the agent");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("### Privileges")
+        .nth(1)
+        .expect("README has a Privileges section");
+    let listed: Vec<String> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| capability"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('`').nth(1).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(listed, table, "README's privileges table vs the agent");
+    for c in doc["capabilities"].as_array().unwrap() {
+        let row = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}`", c["name"].as_str().unwrap())))
+            .unwrap();
+        assert!(
+            row.contains(c["why"].as_str().unwrap()),
+            "README row {row:?} vs the agent's reason {}",
+            c["why"]
+        );
+    }
+}
+
+/// `sensor run` itself (not only `check`) under exactly the DaemonSet's
+/// capability set: it starts, drops to what it keeps, counts a workload's
+/// watched reads and untrusted sends, alerts, and exits 0 on SIGTERM.
+#[test]
+fn sensor_run_under_the_daemonset_capability_set_counts_and_alerts() {
+    let caps = daemonset_capabilities();
+    let wrapper = setpriv_with(&caps);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_wrapped(
+        &wrapper,
+        &[
+            &["--watch", dir.path().to_str().unwrap()][..],
+            &tests::SCALED_THRESHOLDS,
+        ]
+        .concat(),
+        &[],
+    );
+    // What it holds once attached: BPF, SYS_PTRACE, DAC_READ_SEARCH, and
+    // no_new_privs.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+            .trim()
+            .to_string()
+    };
+    let expected = (1u64 << 39) | (1 << 19) | (1 << 2);
+    assert_eq!(
+        u64::from_str_radix(&field("CapEff:"), 16).unwrap(),
+        expected,
+        "effective capabilities after attach"
+    );
+    assert_eq!(
+        u64::from_str_radix(&field("CapPrm:"), 16).unwrap(),
+        expected,
+        "permitted capabilities after attach"
+    );
+    assert_eq!(field("NoNewPrivs:"), "1");
+    let weights = dir.path().join("m.safetensors");
+    tests::pattern_file(&weights, 24 * MIB).unwrap();
+    let peer = Peer::new(122);
+    let report = workload::exfiltrate(&peer, "dp-caps", &weights, 9102);
+    let read = report["read_bytes"].as_u64().unwrap();
+    let sent = report["sent_bytes"].as_u64().unwrap();
+    let m = agent.wait_for(Duration::from_secs(10), "the workload's counts", |m| {
+        m.sum(
+            "sensor_socket_send_bytes_total",
+            &[("comm", "dp-caps"), ("destination", "untrusted")],
+        ) >= sent
+    });
+    tests::assert_within(
+        "watched read bytes",
+        m.sum(
+            "sensor_file_read_bytes_total",
+            &[("comm", "dp-caps"), ("watched", "true")],
+        ) as u64,
+        read,
+        1.0,
+    );
+    tests::assert_within(
+        "untrusted sent bytes",
+        m.sum(
+            "sensor_socket_send_bytes_total",
+            &[("comm", "dp-caps"), ("destination", "untrusted")],
+        ) as u64,
+        sent,
+        1.0,
+    );
+    let (_, alert) = agent.wait_for_alert(Duration::from_secs(10), "read_then_send", |a| {
+        a["rule"] == "read_then_send" && a["comm"] == "dp-caps"
+    });
+    assert_eq!(alert["pid"], report["pid"], "{alert}");
+    // exe and cmdline need SYS_PTRACE: kept.
+    assert!(
+        alert["exe"].as_str().unwrap_or("").contains("dp-caps")
+            || alert["exe"]
+                .as_str()
+                .unwrap_or("")
+                .contains("sensor-workload"),
+        "{alert}"
+    );
+    let status = agent.stop();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+}
+
 /// `sensor check` under a bounding set: the DaemonSet's set is enough; the
 /// BPF capabilities are each needed.
 #[test]
 fn the_daemonset_capability_set_is_enough_and_bpf_caps_are_needed() {
-    let daemonset = yaml(&repo().join("deploy/kubernetes/daemonset.yaml"));
-    let added: Vec<String> = daemonset["spec"]["template"]["spec"]["containers"][0]
-        ["securityContext"]["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
-        .collect();
+    let added = daemonset_capabilities();
     let check = |caps: &[String]| -> Value {
-        let bounding = format!(
-            "-all,{}",
-            caps.iter()
-                .map(|c| format!("+{c}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
         let out = Command::new("setpriv")
-            .args(["--bounding-set", &bounding, "--inh-caps", "-all"])
+            .args(&setpriv_with(caps)[1..])
             .arg(tests::sensor_bin())
             .args(["check", "--json"])
             .output()
@@ -402,7 +563,7 @@ fn the_daemonset_capability_set_is_enough_and_bpf_caps_are_needed() {
         with_all["ready"] == true && all_ok(&with_all),
         "with {added:?}: {with_all}"
     );
-    for needed in ["bpf", "perfmon", "net_admin"] {
+    for needed in ["BPF", "PERFMON", "NET_ADMIN"] {
         let fewer: Vec<String> = added
             .iter()
             .filter(|c| c.as_str() != needed)
