@@ -97,7 +97,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     );
     let mut sinks = Sinks::new(
         cfg.alerts_file.as_deref(),
-        cfg.alertmanager_url.as_deref(),
+        cfg.alertmanager.as_ref(),
         format!("http://{metrics_addr}/metrics"),
         metrics.sink_errors.clone(),
         metrics.sink_dropped.clone(),

@@ -6,15 +6,19 @@
 use std::{
     fs::{File, OpenOptions},
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::Path,
-    sync::mpsc::{sync_channel, SyncSender, TrySendError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{
+        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use prometheus::IntCounterVec;
 use serde::Serialize;
 
-use crate::{detect::Alert, paths::PathCache, procmeta::ProcMeta};
+use crate::{config::AlertmanagerConfig, detect::Alert, paths::PathCache, procmeta::ProcMeta};
 
 #[derive(Debug, Serialize)]
 pub struct FileJson {
@@ -186,42 +190,66 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// Every configured sink.
 pub struct Sinks {
     file: Option<File>,
-    alertmanager: Option<SyncSender<String>>,
+    alertmanager: Option<Pusher>,
     errors: IntCounterVec,
     dropped: IntCounterVec,
+}
+
+/// The Alertmanager push thread: its queue, the deadline it gets to flush
+/// at shutdown, and word that it finished.
+struct Pusher {
+    tx: Option<SyncSender<String>>,
+    deadline: Arc<Mutex<Option<Instant>>>,
+    done: Receiver<()>,
 }
 
 /// Alerts waiting for Alertmanager at most; more are dropped (and counted).
 const ALERTMANAGER_QUEUE: usize = 1024;
 
+/// At shutdown (SIGTERM), how long queued alerts may still be pushed.
+pub const FLUSH_BOUND: Duration = Duration::from_secs(5);
+
 impl Sinks {
     pub fn new(
         alerts_file: Option<&Path>,
-        alertmanager_url: Option<&str>,
+        alertmanager: Option<&AlertmanagerConfig>,
         generator_url: String,
         errors: IntCounterVec,
         dropped: IntCounterVec,
     ) -> anyhow::Result<Self> {
         let file = match alerts_file {
+            // Alerts name processes, files and destinations: owner only.
             Some(p) => Some(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
                     .open(p)
                     .map_err(|e| anyhow::anyhow!("cannot open alerts-file {}: {e}", p.display()))?,
             ),
             None => None,
         };
-        let alertmanager = alertmanager_url.map(|url| {
-            let (tx, rx) = sync_channel::<String>(ALERTMANAGER_QUEUE);
-            let url = format!("{url}/api/v2/alerts");
-            let errors = errors.clone();
-            std::thread::Builder::new()
-                .name("alertmanager".into())
-                .spawn(move || push_loop(&url, &generator_url, rx, &errors))
-                .map(|_| tx)
-        });
-        let alertmanager = alertmanager.transpose()?;
+        let alertmanager = match alertmanager {
+            Some(am) => {
+                let (tx, rx) = sync_channel::<String>(ALERTMANAGER_QUEUE);
+                let (done_tx, done) = sync_channel::<()>(1);
+                let deadline = Arc::new(Mutex::new(None));
+                let push = Push::new(am, generator_url, errors.clone(), dropped.clone())?;
+                let until = deadline.clone();
+                std::thread::Builder::new()
+                    .name("alertmanager".into())
+                    .spawn(move || {
+                        push.run(rx, &until);
+                        let _ = done_tx.send(());
+                    })?;
+                Some(Pusher {
+                    tx: Some(tx),
+                    deadline,
+                    done,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             file,
             alertmanager,
@@ -248,13 +276,35 @@ impl Sinks {
                 tracing::warn!("cannot append to the alerts file");
             }
         }
-        if let Some(tx) = &self.alertmanager {
+        if let Some(tx) = self.alertmanager.as_ref().and_then(|p| p.tx.as_ref()) {
             match tx.try_send(line) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.dropped.with_label_values(&["alertmanager"]).inc();
                 }
             }
+        }
+    }
+}
+
+/// At shutdown, alerts still queued for Alertmanager are pushed for at most
+/// [`FLUSH_BOUND`]; what is left then is dropped and counted.
+impl Drop for Sinks {
+    fn drop(&mut self) {
+        let Some(p) = &mut self.alertmanager else {
+            return;
+        };
+        let end = Instant::now() + FLUSH_BOUND;
+        if let Ok(mut d) = p.deadline.lock() {
+            *d = Some(end);
+        }
+        // Closing the queue ends the thread once it is drained.
+        p.tx = None;
+        if p.done.recv_timeout(FLUSH_BOUND).is_err() {
+            tracing::warn!(
+                "alertmanager: pending alerts not pushed within {} s of shutdown",
+                FLUSH_BOUND.as_secs()
+            );
         }
     }
 }
@@ -328,43 +378,136 @@ fn alertmanager_body(line: &str, generator_url: &str, now: SystemTime) -> Option
     Some(body.to_string())
 }
 
-/// Posts queued alerts, retrying with exponential backoff (0.5 s … 8 s,
-/// 6 attempts); a failure is logged and counted, never blocks the agent.
-fn push_loop(
-    url: &str,
-    generator_url: &str,
-    rx: std::sync::mpsc::Receiver<String>,
-    errors: &IntCounterVec,
-) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(true)
-        .build()
-        .into();
-    for line in rx {
-        let Some(body) = alertmanager_body(&line, generator_url, SystemTime::now()) else {
-            continue;
+/// What a failed push means.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// Try again later (connection errors, timeouts, 5xx, 408, 429).
+    Retry,
+    /// Alertmanager refused this alert (other 4xx): sending it again would
+    /// be refused again.
+    Refused,
+}
+
+fn outcome_of(e: &ureq::Error) -> Outcome {
+    match e {
+        ureq::Error::StatusCode(408 | 429) => Outcome::Retry,
+        ureq::Error::StatusCode(c) if (400..500).contains(c) => Outcome::Refused,
+        _ => Outcome::Retry,
+    }
+}
+
+/// The push thread's side: one configured Alertmanager.
+struct Push {
+    agent: ureq::Agent,
+    /// `…/api/v2/alerts` without userinfo: what the logs may show.
+    url: String,
+    /// `Authorization` header value (bearer token, else the URL's userinfo).
+    authorization: Option<String>,
+    generator_url: String,
+    errors: IntCounterVec,
+    dropped: IntCounterVec,
+}
+
+impl Push {
+    fn new(
+        am: &AlertmanagerConfig,
+        generator_url: String,
+        errors: IntCounterVec,
+        dropped: IntCounterVec,
+    ) -> anyhow::Result<Push> {
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(true);
+        if let Some(pem) = &am.ca_certs {
+            let certs = ureq::tls::parse_pem(pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        let authorization = match (&am.bearer_token, &am.userinfo) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, Some(u)) => {
+                use base64::Engine as _;
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(u)
+                ))
+            }
+            (None, None) => None,
         };
-        let mut delay = Duration::from_millis(500);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match agent
-                .post(url)
-                .header("Content-Type", "application/json")
-                .send(&body)
-            {
-                Ok(_) => break,
-                Err(e) if attempt < 6 => {
-                    tracing::debug!(%url, attempt, "alertmanager push failed: {e}; retrying");
+        Ok(Push {
+            agent: config.build().into(),
+            url: format!("{}/api/v2/alerts", am.url),
+            authorization,
+            generator_url,
+            errors,
+            dropped,
+        })
+    }
+
+    /// Posts queued alerts, retrying with exponential backoff (0.5 s … 8 s,
+    /// 6 attempts) unless Alertmanager refused the alert (4xx); a failure is
+    /// logged and counted, never blocks the agent. Once `deadline` is set
+    /// (shutdown) the queue is drained until then; what is left is dropped.
+    fn run(&self, rx: Receiver<String>, deadline: &Mutex<Option<Instant>>) {
+        let remaining = || -> Option<Duration> {
+            let d = deadline.lock().ok().and_then(|d| *d)?;
+            Some(d.saturating_duration_since(Instant::now()))
+        };
+        for line in rx {
+            if remaining().is_some_and(|r| r.is_zero()) {
+                self.dropped.with_label_values(&["alertmanager"]).inc();
+                continue;
+            }
+            let Some(body) = alertmanager_body(&line, &self.generator_url, SystemTime::now())
+            else {
+                continue;
+            };
+            let url = &self.url;
+            let mut delay = Duration::from_millis(500);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let left = remaining();
+                let mut req = self
+                    .agent
+                    .post(url)
+                    .header("Content-Type", "application/json");
+                if let Some(a) = &self.authorization {
+                    req = req.header("Authorization", a);
+                }
+                if let Some(left) = left {
+                    req = req
+                        .config()
+                        .timeout_global(Some(left.min(Duration::from_secs(5))))
+                        .build();
+                }
+                let err = match req.send(&body) {
+                    Ok(_) => break,
+                    Err(e) => e,
+                };
+                let out = outcome_of(&err);
+                let time_left = remaining().is_none_or(|r| r > delay);
+                if out == Outcome::Retry && attempt < 6 && time_left {
+                    tracing::debug!(%url, attempt, "alertmanager push failed: {err}; retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(8));
+                    continue;
                 }
-                Err(e) => {
-                    errors.with_label_values(&["alertmanager"]).inc();
-                    tracing::warn!(%url, "alertmanager push failed after {attempt} attempts: {e}");
-                    break;
+                self.errors.with_label_values(&["alertmanager"]).inc();
+                if out == Outcome::Refused {
+                    tracing::warn!(%url, "alertmanager refused the alert ({err}); not retried");
+                } else {
+                    tracing::warn!(%url, "alertmanager push failed after {attempt} attempts: {err}");
                 }
+                break;
             }
         }
     }
@@ -385,6 +528,15 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn client_errors_are_not_retried() {
+        assert_eq!(outcome_of(&ureq::Error::StatusCode(400)), Outcome::Refused);
+        assert_eq!(outcome_of(&ureq::Error::StatusCode(401)), Outcome::Refused);
+        assert_eq!(outcome_of(&ureq::Error::StatusCode(429)), Outcome::Retry);
+        assert_eq!(outcome_of(&ureq::Error::StatusCode(503)), Outcome::Retry);
+        assert_eq!(outcome_of(&ureq::Error::ConnectionFailed), Outcome::Retry);
     }
 
     #[test]

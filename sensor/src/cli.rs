@@ -47,6 +47,10 @@ pub struct AuditVerifyArgs {
     /// each record's MAC.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// The chain head exported by the agent (sensor_audit_chain_head):
+    /// SEQ:HASHPREFIX; the log must hold that record with that hash.
+    #[arg(long, value_name = "SEQ:HASHPREFIX")]
+    pub head: Option<String>,
 }
 
 #[derive(Debug, Default, Args)]
@@ -96,6 +100,12 @@ pub struct RunArgs {
     /// Push alerts to Alertmanager's v2 API at this base URL.
     #[arg(long, value_name = "URL")]
     pub alertmanager_url: Option<String>,
+    /// PEM CA certificates to trust for an https Alertmanager.
+    #[arg(long, value_name = "FILE")]
+    pub alertmanager_ca_file: Option<PathBuf>,
+    /// A file holding the bearer token sent to Alertmanager.
+    #[arg(long, value_name = "FILE")]
+    pub alertmanager_bearer_token_file: Option<PathBuf>,
     /// Detection window in seconds.
     #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     pub window: Option<String>,
@@ -150,6 +160,10 @@ pub struct RunArgs {
     /// A secret key: each audit record also carries an HMAC-SHA256 under it.
     #[arg(long, value_name = "FILE")]
     pub audit_key_file: Option<PathBuf>,
+    /// Access records one process gets per audit interval; the rest are
+    /// folded into one summary record.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub audit_max_records_per_process: Option<String>,
     /// Validate the configuration and the watch set, print them, exit.
     #[arg(long)]
     pub dry_run: bool,

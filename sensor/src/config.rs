@@ -59,7 +59,7 @@ impl Default for DetectConfig {
 }
 
 /// The access audit log (`--audit-log` and its knobs).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct AuditConfig {
     pub path: PathBuf,
     pub interval: Duration,
@@ -68,6 +68,58 @@ pub struct AuditConfig {
     pub fsync: Duration,
     /// The HMAC key, when `--audit-key-file` is set.
     pub key: Option<Vec<u8>>,
+    /// Access records one process gets per interval; the rest are folded
+    /// into one `folded` record (`--audit-max-records-per-process`).
+    pub max_records_per_process: usize,
+}
+
+/// The key is never printed (`--dry-run` shows the configuration).
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("path", &self.path)
+            .field("interval", &self.interval)
+            .field("max_bytes", &self.max_bytes)
+            .field("max_files", &self.max_files)
+            .field("fsync", &self.fsync)
+            .field(
+                "key",
+                &self
+                    .key
+                    .as_ref()
+                    .map(|k| format!("<redacted, {} bytes>", k.len())),
+            )
+            .field("max_records_per_process", &self.max_records_per_process)
+            .finish()
+    }
+}
+
+/// Where alerts are pushed (`--alertmanager-url` and its credentials).
+#[derive(Clone, PartialEq)]
+pub struct AlertmanagerConfig {
+    /// The base URL without userinfo.
+    pub url: String,
+    /// `user:password` from the URL's userinfo, sent as basic auth.
+    pub userinfo: Option<String>,
+    /// PEM certificates to trust instead of the system roots.
+    pub ca_certs: Option<Vec<u8>>,
+    /// The bearer token read from `--alertmanager-bearer-token-file`.
+    pub bearer_token: Option<String>,
+}
+
+/// Credentials are never printed.
+impl std::fmt::Debug for AlertmanagerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertmanagerConfig")
+            .field("url", &self.url)
+            .field("userinfo", &self.userinfo.as_ref().map(|_| "<redacted>"))
+            .field("ca_certs", &self.ca_certs.as_ref().map(|c| c.len()))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// The validated configuration of `sensor run`.
@@ -78,7 +130,7 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub trusted_cidr: Vec<IpNet>,
     pub alerts_file: Option<PathBuf>,
-    pub alertmanager_url: Option<String>,
+    pub alertmanager: Option<AlertmanagerConfig>,
     pub detect: DetectConfig,
     pub poll_interval: Duration,
     pub max_comm_labels: usize,
@@ -114,7 +166,7 @@ impl Default for Config {
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default address"),
             trusted_cidr: Vec::new(),
             alerts_file: None,
-            alertmanager_url: None,
+            alertmanager: None,
             detect: DetectConfig::default(),
             poll_interval: Duration::from_millis(1000),
             max_comm_labels: 256,
@@ -156,6 +208,8 @@ struct FileConfig {
     trusted_cidr: Option<Vec<String>>,
     alerts_file: Option<PathBuf>,
     alertmanager_url: Option<String>,
+    alertmanager_ca_file: Option<PathBuf>,
+    alertmanager_bearer_token_file: Option<PathBuf>,
     window: Option<Scalar>,
     min_read_bytes: Option<Scalar>,
     min_send_bytes: Option<Scalar>,
@@ -173,6 +227,7 @@ struct FileConfig {
     audit_max_files: Option<Scalar>,
     audit_fsync_secs: Option<Scalar>,
     audit_key_file: Option<PathBuf>,
+    audit_max_records_per_process: Option<Scalar>,
 }
 
 impl Config {
@@ -209,8 +264,28 @@ impl Config {
             .map(|c| parse_cidr(c))
             .collect::<Result<_, _>>()?;
         cfg.alerts_file = args.alerts_file.clone().or(file.alerts_file);
+        let ca_file = args
+            .alertmanager_ca_file
+            .clone()
+            .or(file.alertmanager_ca_file);
+        let token_file = args
+            .alertmanager_bearer_token_file
+            .clone()
+            .or(file.alertmanager_bearer_token_file);
         if let Some(url) = args.alertmanager_url.clone().or(file.alertmanager_url) {
-            cfg.alertmanager_url = Some(parse_url(&url)?);
+            let (url, userinfo) = parse_url(&url)?;
+            cfg.alertmanager = Some(AlertmanagerConfig {
+                url,
+                userinfo,
+                ca_certs: ca_file.as_deref().map(read_ca).transpose()?,
+                bearer_token: token_file.as_deref().map(read_token).transpose()?,
+            });
+        } else if let Some(p) = ca_file.or(token_file) {
+            return Err(invalid(
+                "alertmanager-url",
+                "",
+                format!("needed with {} (it is for Alertmanager)", p.display()),
+            ));
         }
         if let Some(v) = text(&args.window, &file.window) {
             let secs = parse_count("window", &v, 1, 30 * 24 * 3600)?;
@@ -276,6 +351,13 @@ impl Config {
             .map(|v| parse_count("audit-fsync-secs", &v, 0, 3600))
             .transpose()?
             .unwrap_or(1);
+        let max_records_per_process = text(
+            &args.audit_max_records_per_process,
+            &file.audit_max_records_per_process,
+        )
+        .map(|v| parse_count("audit-max-records-per-process", &v, 1, 1_000_000))
+        .transpose()?
+        .unwrap_or(64) as usize;
         let key = args
             .audit_key_file
             .clone()
@@ -297,6 +379,7 @@ impl Config {
                 max_files,
                 fsync: Duration::from_secs(fsync),
                 key,
+                max_records_per_process,
             });
         }
         Ok(cfg)
@@ -318,9 +401,21 @@ impl Config {
     }
 }
 
-/// An audit key file: its bytes, at least 16 of them.
+/// An audit key file: its bytes, at least 16 of them, in a file that group
+/// and others cannot access (the key is what makes the log tamper-evident).
 pub fn read_key(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let shown = path.display().to_string();
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(invalid(
+                "audit-key-file",
+                &shown,
+                format!("mode {mode:04o} lets group or others access the key; chmod 600 it"),
+            ));
+        }
+    }
     match std::fs::read(path) {
         Ok(k) if k.len() >= 16 => Ok(k),
         Ok(_) => Err(invalid(
@@ -364,19 +459,77 @@ fn parse_cidr(text: &str) -> Result<IpNet, ConfigError> {
     ))
 }
 
-fn parse_url(text: &str) -> Result<String, ConfigError> {
+/// The URL without its userinfo, and the userinfo. An error never shows
+/// the userinfo.
+fn parse_url(text: &str) -> Result<(String, Option<String>), ConfigError> {
     let t = text.trim().trim_end_matches('/');
-    let rest = t
-        .strip_prefix("http://")
-        .or_else(|| t.strip_prefix("https://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(t.to_string()),
-        _ => Err(invalid(
+    let (scheme, rest) = match t.split_once("://") {
+        Some((s @ ("http" | "https"), rest)) => (s, rest),
+        _ => ("", ""),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, authority),
+    };
+    if scheme.is_empty() || host.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(invalid(
             "alertmanager-url",
-            text,
+            &redact_userinfo(text),
             "expected http://HOST:PORT or https://HOST:PORT",
-        )),
+        ));
     }
+    Ok((format!("{scheme}://{host}{path}"), userinfo))
+}
+
+/// `text` with anything before an `@` in its authority replaced.
+pub fn redact_userinfo(text: &str) -> String {
+    let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => {
+            let sep = if text.contains("://") { "://" } else { "" };
+            format!("{scheme}{sep}<redacted>{}", &rest[at..])
+        }
+        None => text.to_string(),
+    }
+}
+
+/// PEM certificates for `--alertmanager-ca-file`.
+fn read_ca(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|e| invalid("alertmanager-ca-file", &shown, e))?;
+    let certs = ureq::tls::parse_pem(&pem)
+        .filter(|i| matches!(i, Ok(ureq::tls::PemItem::Certificate(_))))
+        .count();
+    if certs == 0 {
+        return Err(invalid(
+            "alertmanager-ca-file",
+            &shown,
+            "no PEM certificate in it",
+        ));
+    }
+    Ok(pem)
+}
+
+/// The token of `--alertmanager-bearer-token-file` (surrounding whitespace
+/// trimmed); never shown in an error.
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("alertmanager-bearer-token-file", &shown, e))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(|c: char| c.is_control() || c == ' ') {
+        return Err(invalid(
+            "alertmanager-bearer-token-file",
+            &shown,
+            "expected one token without spaces or control characters",
+        ));
+    }
+    Ok(token.to_string())
 }
 
 fn parse_ratio(text: &str) -> Result<f64, ConfigError> {
@@ -448,7 +601,7 @@ mod tests {
         );
         assert_eq!(cfg.alerts_file, Some(PathBuf::from("/tmp/a.jsonl")));
         assert_eq!(
-            cfg.alertmanager_url.as_deref(),
+            cfg.alertmanager.as_ref().map(|a| a.url.as_str()),
             Some("http://127.0.0.1:9093")
         );
         assert_eq!(cfg.detect.window, Duration::from_secs(60));
@@ -569,6 +722,83 @@ mod tests {
     }
 
     #[test]
+    fn audit_key_file_mode_is_checked_and_the_key_never_printed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, b"0123456789abcdef-secret").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let a = RunArgs {
+            audit_log: Some(dir.path().join("audit.log")),
+            audit_key_file: Some(key.clone()),
+            ..args()
+        };
+        let msg = Config::from_args(&a).unwrap_err().to_string();
+        assert!(
+            msg.contains("audit-key-file") && msg.contains(key.to_str().unwrap()),
+            "{msg}"
+        );
+        assert!(msg.contains("0640") && !msg.contains('\n'), "{msg}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = Config::from_args(&a).unwrap();
+        let audit = cfg.audit.as_ref().unwrap();
+        assert_eq!(audit.key.as_deref(), Some(&b"0123456789abcdef-secret"[..]));
+        assert_eq!(audit.max_records_per_process, 64);
+        let shown = format!("{cfg:#?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("48, 49"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted, 23 bytes>"), "{shown}");
+    }
+
+    #[test]
+    fn alertmanager_credentials_are_split_off_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok-s3cret\n").unwrap();
+        let cfg = Config::from_args(&RunArgs {
+            alertmanager_url: Some("https://am:pa55@alerts.example:9093/".into()),
+            alertmanager_bearer_token_file: Some(token.clone()),
+            ..args()
+        })
+        .unwrap();
+        let am = cfg.alertmanager.as_ref().unwrap();
+        assert_eq!(am.url, "https://alerts.example:9093");
+        assert_eq!(am.userinfo.as_deref(), Some("am:pa55"));
+        assert_eq!(am.bearer_token.as_deref(), Some("tok-s3cret"));
+        let shown = format!("{cfg:#?}");
+        assert!(
+            !shown.contains("pa55") && !shown.contains("tok-s3cret"),
+            "{shown}"
+        );
+        let bad = Config::from_args(&RunArgs {
+            alertmanager_url: Some("ftp://am:pa55@x".into()),
+            ..args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(!bad.contains("pa55"), "{bad}");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let bad = Config::from_args(&RunArgs {
+            alertmanager_url: Some("https://x:1".into()),
+            alertmanager_ca_file: Some(ca.clone()),
+            ..args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("alertmanager-ca-file"), "{bad}");
+        let lonely = Config::from_args(&RunArgs {
+            alertmanager_bearer_token_file: Some(token),
+            ..args()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(lonely.contains("alertmanager-url"), "{lonely}");
+    }
+
+    #[test]
     fn plain_ip_is_a_host_network() {
         assert_eq!(
             parse_cidr("198.18.0.5").unwrap().to_string(),
@@ -613,7 +843,8 @@ mod tests {
                     "min-read-bytes", "min-send-bytes", "min-send-ratio", "poll-interval-ms",
                     "max-comm-labels", "max-processes", "tail-socket", "pods-dir", "btf-path",
                     "audit-log", "audit-interval", "audit-max-bytes", "audit-max-files",
-                    "audit-fsync-secs", "audit-key-file",
+                    "audit-fsync-secs", "audit-key-file", "audit-max-records-per-process",
+                    "alertmanager-ca-file", "alertmanager-bearer-token-file",
                 ]),
                 value in "[ -~]{0,40}",
             ) {

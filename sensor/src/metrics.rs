@@ -27,6 +27,8 @@ pub struct Metrics {
     pub heartbeat: IntGauge,
     pub audit_records: prometheus::IntCounter,
     pub audit_errors: prometheus::IntCounter,
+    pub audit_chain_head: IntGaugeVec,
+    pub audit_folded: prometheus::IntCounter,
     comms: LabelFolder,
 }
 
@@ -138,6 +140,19 @@ impl Metrics {
             "Failed writes or fsyncs of the audit log.",
         )?;
         registry.register(Box::new(audit_errors.clone()))?;
+        let audit_chain_head = IntGaugeVec::new(
+            Opts::new(
+                "sensor_audit_chain_head",
+                "Sequence number of the last audit record written; hash_prefix is the first 16 hex digits of its hash (one series).",
+            ),
+            &["hash_prefix"],
+        )?;
+        registry.register(Box::new(audit_chain_head.clone()))?;
+        let audit_folded = prometheus::IntCounter::new(
+            "sensor_audit_records_folded_total",
+            "Files folded into one summary audit record because a process passed audit-max-records-per-process in an interval.",
+        )?;
+        registry.register(Box::new(audit_folded.clone()))?;
         Ok(Self {
             registry,
             file_read,
@@ -156,6 +171,8 @@ impl Metrics {
             heartbeat,
             audit_records,
             audit_errors,
+            audit_chain_head,
+            audit_folded,
             comms: LabelFolder::new(max_comm_labels),
         })
     }

@@ -4,9 +4,10 @@
 //! outside (a detached link, a written watch map) raising `sensor_tamper`.
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tests::{
@@ -74,6 +75,12 @@ fn verify(path: &Path) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code(), text)
+}
+
+/// A key file as the agent accepts it: owner-only.
+fn write_key(path: &Path, key: &[u8]) {
+    std::fs::write(path, key).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn write_file(path: &Path, mib: u64) {
@@ -342,8 +349,8 @@ fn verify_names_the_edited_deleted_reordered_or_removed_record() {
 fn keyed_log_verifies_only_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let (key, other) = (dir.path().join("key"), dir.path().join("other"));
-    std::fs::write(&key, b"0123456789abcdef0123456789abcdef").unwrap();
-    std::fs::write(&other, b"fedcba9876543210fedcba9876543210").unwrap();
+    write_key(&key, b"0123456789abcdef0123456789abcdef");
+    write_key(&other, b"fedcba9876543210fedcba9876543210");
     let log = dir.path().join("audit.log");
     let agent = audited(
         dir.path(),
@@ -371,7 +378,7 @@ fn keyed_log_verifies_only_with_its_key() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("record seq 0 has a wrong MAC"));
     let short = dir.path().join("short");
-    std::fs::write(&short, b"abc").unwrap();
+    write_key(&short, b"abc");
     let out = sensor(&[
         "audit",
         "verify",
@@ -534,4 +541,457 @@ fn detaching_a_link_or_writing_the_watch_map_raises_sensor_tamper() {
         .unwrap()
         .as_secs();
     assert!(now.abs_diff(beat) <= 5, "heartbeat {beat}, now {now}");
+}
+
+/// Runs `sensor audit verify` with extra arguments.
+fn verify_with(path: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["audit", "verify", path.to_str().unwrap()];
+    args.extend(extra);
+    let out = sensor(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn key_file_mode_is_checked_the_key_never_printed_and_stripped_macs_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let secret = b"S3CRET-0123456789abcdef";
+    std::fs::write(&key, secret).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = dir.path().join("audit.log");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--dry-run",
+            "--watch",
+            dir.path().to_str().unwrap(),
+            "--audit-log",
+            log.to_str().unwrap(),
+            "--audit-key-file",
+            key.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        sensor(&args)
+    };
+    // Readable by group and others: refused, one line naming file and mode.
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(key.to_str().unwrap()) && err.contains("0644"),
+        "{err}"
+    );
+    // verify refuses it too.
+    std::fs::write(&log, b"").unwrap();
+    let (code, text) = verify_with(&log, &["--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{text}");
+    std::fs::remove_file(&log).unwrap();
+    // Owner-only: accepted, and --dry-run shows no key bytes.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("<redacted"), "{shown}");
+    assert!(
+        !shown.contains("S3CRET") && !shown.contains("83, 51"),
+        "{shown}"
+    );
+
+    // A keyed log, then its MACs stripped (hashes left intact).
+    let agent = audited(
+        dir.path(),
+        &log,
+        &["--audit-key-file", key.to_str().unwrap()],
+    );
+    assert!(agent.stop().success());
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("S3CRET"));
+    let (code, text) = verify_with(&log, &["--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(1), "a keyed log without --key-file: {text}");
+    assert!(
+        text.contains("keyed log") && text.contains("--key-file"),
+        "{text}"
+    );
+    let stripped: Vec<String> = lines(&log)
+        .iter()
+        .map(|l| {
+            let at = l.find(",\"mac\":\"").expect("a MAC on every record");
+            format!("{}}}", &l[..at])
+        })
+        .collect();
+    write_lines(&log, &stripped);
+    let (code, text) = verify_with(&log, &["--key-file", key.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("record seq 0 has no MAC"), "{text}");
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(1), "stripped MACs, no key: {text}");
+    assert!(text.contains("keyed log"), "{text}");
+}
+
+/// The `sensor_audit_chain_head` series: (seq, hash prefix).
+fn chain_head(agent: &Agent) -> Option<(u64, String)> {
+    let m = agent.metrics();
+    let heads: Vec<_> = m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "sensor_audit_chain_head")
+        .collect();
+    assert!(heads.len() <= 1, "one series: {}", m.text);
+    let s = heads.first()?;
+    let v = match s.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v as u64,
+        _ => return None,
+    };
+    Some((v, s.labels.get("hash_prefix")?.to_string()))
+}
+
+#[test]
+fn exported_chain_head_detects_a_truncated_tail_off_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w");
+    std::fs::create_dir(&weights).unwrap();
+    let file = weights.join("m.safetensors");
+    write_file(&file, 4);
+    let log = dir.path().join("audit.log");
+    let agent = audited(
+        &weights,
+        &log,
+        &["--audit-interval", "1", "--audit-fsync-secs", "0"],
+    );
+    workload::run(
+        "au-head",
+        &["read", "--file", file.to_str().unwrap(), "--bs", "65536"],
+        "read_bytes",
+    );
+    // The exported head is the file's last record (hash included).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let head = loop {
+        let recs = records(&log);
+        let last = recs.last().unwrap();
+        let has_access = recs.iter().any(|r| r["comm"] == "au-head");
+        if let Some((seq, prefix)) = chain_head(&agent) {
+            if has_access
+                && last["seq"] == seq
+                && last["hash"].as_str().unwrap().starts_with(&prefix)
+            {
+                break (seq, prefix);
+            }
+        }
+        assert!(Instant::now() < deadline, "head never matched the file");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(head.1.len(), 16, "{head:?}");
+    // Taken off the node; then the agent is killed (no more records).
+    // SAFETY: kill(2) on the agent's pid.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    drop(agent);
+    let arg = format!("{}:{}", head.0, head.1);
+    let (code, text) = verify_with(&log, &["--head", &arg]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("chain head seq {} matches", head.0)),
+        "{text}"
+    );
+    // The tail cut off from the exported head on: the rest still chains.
+    let kept: Vec<String> = lines(&log)
+        .into_iter()
+        .filter(|l| seq_of(l) < head.0)
+        .collect();
+    write_lines(&log, &kept);
+    let (code, text) = verify(&log);
+    assert_eq!(
+        code,
+        Some(0),
+        "truncation alone is invisible in the file: {text}"
+    );
+    let (code, text) = verify_with(&log, &["--head", &arg]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("the log ends at seq {}", head.0 - 1)) && text.contains("cut off"),
+        "{text}"
+    );
+    let (code, text) = verify_with(&log, &["--head", "nonsense"]);
+    assert_eq!(code, Some(2), "{text}");
+}
+
+#[test]
+fn a_garbage_line_does_not_stop_the_agent_and_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let first = audited(dir.path(), &log, &[]);
+    assert!(first.stop().success());
+    let before = lines(&log);
+    let last_seq = seq_of(before.last().unwrap());
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("}}} not a record {{{\n");
+    std::fs::write(&log, &text).unwrap();
+
+    let second = audited(dir.path(), &log, &[]);
+    let (_, alert) = second.wait_for_alert(Duration::from_secs(5), "agent_gap", |a| {
+        a["rule"] == "sensor_tamper" && a["what"] == "agent_gap"
+    });
+    assert!(
+        alert["detail"].as_str().unwrap().contains("set aside as"),
+        "{alert}"
+    );
+    assert!(second.stop().success());
+    let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("audit.log.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(&aside[0]).unwrap(),
+        text,
+        "kept as it was"
+    );
+    let all = records(&log);
+    assert_eq!(all[0]["kind"], "gap", "{all:#?}");
+    assert_eq!(all[0]["seq"], last_seq + 1, "the chain continues");
+    assert_eq!(all[0]["damaged_file"], aside[0].to_str().unwrap());
+    assert_eq!(all[0]["clean"], false);
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("records seq 0..{last_seq} are missing"))
+            && text.contains("set it aside"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_log_deleted_while_running_is_reopened_and_verify_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w");
+    std::fs::create_dir(&weights).unwrap();
+    let file = weights.join("m.safetensors");
+    write_file(&file, 4);
+    let log = dir.path().join("audit.log");
+    let agent = audited(&weights, &log, &["--audit-interval", "1"]);
+    let path = file.to_str().unwrap();
+    let before = workload::report("au-del-before", &["read", "--file", path, "--bs", "65536"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !records(&log).iter().any(|r| r["pid"] == before["pid"]) {
+        assert!(Instant::now() < deadline, "no record before the deletion");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last_before = seq_of(lines(&log).last().unwrap());
+    std::fs::remove_file(&log).unwrap();
+    let (_, alert) = agent.wait_for_alert(Duration::from_secs(3), "audit_log_removed", |a| {
+        a["rule"] == "sensor_tamper" && a["what"] == "audit_log_removed"
+    });
+    assert!(
+        alert["detail"].as_str().unwrap().contains("removed"),
+        "{alert}"
+    );
+    let after = workload::report("au-del-after", &["read", "--file", path, "--bs", "65536"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum(
+            "sensor_tamper_events_total",
+            &[("what", "audit_log_removed")]
+        ),
+        1
+    );
+    assert!(agent.stop().success());
+    let all = records(&log);
+    assert_eq!(all[0]["kind"], "tamper", "{all:#?}");
+    assert_eq!(all[0]["what"], "audit_log_removed");
+    let first_new = all[0]["seq"].as_u64().unwrap();
+    assert!(
+        first_new > last_before,
+        "the chain goes on: {first_new} after {last_before}"
+    );
+    let read: u64 = all
+        .iter()
+        .filter(|r| r["kind"] == "access" && r["pid"] == after["pid"])
+        .map(|r| r["read_bytes"].as_u64().unwrap())
+        .sum();
+    assert_within(
+        "audited after the deletion",
+        read,
+        after["read_bytes"].as_u64().unwrap(),
+        1.0,
+    );
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "records seq 0..{} are missing at the start",
+            first_new - 1
+        )) && text.contains("was removed while the agent ran"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_flood_of_files_from_one_process_is_folded_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w");
+    std::fs::create_dir(&weights).unwrap();
+    const FILES: u64 = 100;
+    const SIZE: u64 = 8192;
+    for i in 0..FILES {
+        std::fs::write(
+            weights.join(format!("s-{i:03}.safetensors")),
+            vec![7u8; SIZE as usize],
+        )
+        .unwrap();
+    }
+    let log = dir.path().join("audit.log");
+    let agent = audited(
+        &weights,
+        &log,
+        &[
+            "--audit-interval",
+            "1",
+            "--audit-max-records-per-process",
+            "8",
+        ],
+    );
+    // One process reads every file: python3 under its own comm.
+    let exe = dir.path().join("au-flood");
+    std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
+    let script = format!(
+        "import os,json\nn=0\nfor f in sorted(os.listdir({w:?})):\n  with open(os.path.join({w:?},f),'rb',buffering=0) as h:\n    while True:\n      b=h.read(4096)\n      if not b: break\n      n+=len(b)\nprint(json.dumps({{'pid':os.getpid(),'read_bytes':n}}))\n",
+        w = weights.to_str().unwrap()
+    );
+    let out = Command::new(&exe).args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(truth["read_bytes"], FILES * SIZE);
+    let pid = truth["pid"].clone();
+    // Wait until every file is in the log (as a record or folded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (access, folded) = loop {
+        let all = records(&log);
+        let access: Vec<serde_json::Value> = all
+            .iter()
+            .filter(|r| r["kind"] == "access" && r["pid"] == pid)
+            .cloned()
+            .collect();
+        let folded: Vec<serde_json::Value> = all
+            .iter()
+            .filter(|r| r["kind"] == "folded" && r["pid"] == pid)
+            .cloned()
+            .collect();
+        let files = access.len() as u64
+            + folded
+                .iter()
+                .map(|r| r["files"].as_u64().unwrap())
+                .sum::<u64>();
+        if files >= FILES {
+            assert_eq!(files, FILES, "each file once");
+            break (access, folded);
+        }
+        assert!(Instant::now() < deadline, "only {files} files in the log");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // At most 8 records per interval for the process.
+    let mut per_interval = std::collections::HashMap::<String, u64>::new();
+    for r in &access {
+        *per_interval
+            .entry(r["start"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(per_interval.values().all(|n| *n <= 8), "{per_interval:?}");
+    assert!(!folded.is_empty());
+    let bytes: u64 = access
+        .iter()
+        .chain(&folded)
+        .map(|r| r["read_bytes"].as_u64().unwrap())
+        .sum();
+    assert_within("audited bytes of the flood", bytes, FILES * SIZE, 1.0);
+    let folded_files: u64 = folded.iter().map(|r| r["files"].as_u64().unwrap()).sum();
+    agent.wait_for(Duration::from_secs(3), "the folded metric", |m| {
+        m.sum("sensor_audit_records_folded_total", &[]) == folded_files
+    });
+    eprintln!(
+        "FOLD: {FILES} files -> {} records + {} folded records ({folded_files} files folded)",
+        access.len(),
+        folded.len()
+    );
+    assert!(agent.stop().success());
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// What a SIGKILL loses is the open interval, and nothing before it: a
+/// read whose interval ended before the kill is in the log; a read in the
+/// open interval is not, and the restart's `gap` record says so.
+#[test]
+fn sigkill_mid_interval_loses_at_most_the_open_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w");
+    std::fs::create_dir(&weights).unwrap();
+    let file = weights.join("m.safetensors");
+    write_file(&file, 4);
+    let log = dir.path().join("audit.log");
+    let args = ["--audit-interval", "3", "--audit-fsync-secs", "0"];
+    let agent = audited(&weights, &log, &args);
+    let path = file.to_str().unwrap();
+    let closed = workload::report("au-k-closed", &["read", "--file", path, "--bs", "65536"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !records(&log).iter().any(|r| r["pid"] == closed["pid"]) {
+        assert!(
+            Instant::now() < deadline,
+            "the closed interval never written"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Just after an interval boundary: this read is in the open interval.
+    let open = workload::report("au-k-open", &["read", "--file", path, "--bs", "65536"]);
+    std::thread::sleep(Duration::from_millis(400));
+    // SAFETY: kill(2) on the agent's pid.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    drop(agent);
+    let second = audited(&weights, &log, &args);
+    assert!(second.stop().success());
+    let all = records(&log);
+    let read_by = |truth: &serde_json::Value| -> u64 {
+        all.iter()
+            .filter(|r| r["kind"] == "access" && r["pid"] == truth["pid"])
+            .map(|r| r["read_bytes"].as_u64().unwrap())
+            .sum()
+    };
+    assert_within(
+        "audited read of the closed interval",
+        read_by(&closed),
+        4 * MIB,
+        1.0,
+    );
+    assert_eq!(
+        read_by(&open),
+        0,
+        "the open interval is lost with the agent (README: at most one interval)"
+    );
+    let gap = all
+        .iter()
+        .find(|r| r["kind"] == "gap")
+        .expect("a gap record");
+    assert_eq!(gap["clean"], false);
+    eprintln!(
+        "SIGKILL: open interval lost ({} bytes read by au-k-open), closed interval kept; gap {} s",
+        open["read_bytes"], gap["seconds"]
+    );
+    let (code, text) = verify(&log);
+    assert_eq!(code, Some(0), "{text}");
 }

@@ -11,7 +11,7 @@ pub mod verify;
 
 use std::path::{Path, PathBuf};
 
-pub use log::{AuditLog, Gap};
+pub use log::{AuditLog, Gap, Now};
 pub use record::{Access, Destination, Event};
 
 use crate::{cli::AuditCommand, failure::Failure};

@@ -65,6 +65,28 @@ pub enum Event {
         seconds: u64,
         clean: bool,
         truncated_bytes: u64,
+        /// The log file ended in a line that is not a record: it was
+        /// renamed to this, and the chain continues from its last record.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        damaged_file: Option<String>,
+    },
+    /// A process had more than `--audit-max-records-per-process` files in
+    /// one interval: `kept` got their own records (the most read), the
+    /// other `files` are summed here.
+    Folded {
+        start: String,
+        end: String,
+        pid: u32,
+        ppid: u32,
+        uid: u32,
+        comm: String,
+        exe: String,
+        container: String,
+        kept: u64,
+        files: u64,
+        read_bytes: u64,
+        sent_bytes: u64,
+        untrusted_sent_bytes: u64,
     },
     /// The oldest file was deleted by rotation; the chain may now start
     /// after `dropped_through_seq`.
