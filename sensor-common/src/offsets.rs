@@ -48,6 +48,13 @@ pub struct Offsets {
     pub sk_cookie: u32,
     // struct inode
     pub inode_size: u32,
+    /// `inode.i_blocks` (512-byte units allocated on disk)
+    pub inode_blocks: u32,
+    /// `inode.i_mapping`
+    pub inode_mapping: u32,
+    /// `address_space.nrpages` (pages of the file in the page cache)
+    pub mapping_nrpages: u32,
+    pub _pad0: u32,
     // io_uring (0 when the kernel has none; the program is then not attached)
     /// `io_kiocb.opcode`
     pub req_opcode: u32,
@@ -119,6 +126,10 @@ impl Offsets {
         sk_v6_daddr: 0,
         sk_cookie: 0,
         inode_size: 0,
+        inode_blocks: 0,
+        inode_mapping: 0,
+        mapping_nrpages: 0,
+        _pad0: 0,
         req_opcode: 0,
         req_file: 0,
         cqe_res: 0,
@@ -133,4 +144,4 @@ impl Offsets {
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 152);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 168);

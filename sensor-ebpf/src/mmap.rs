@@ -27,6 +27,18 @@ pub fn on_mmap(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
         return Ok(());
     }
     let size: i64 = read(inode, off!(inode_size))?;
+    // What the file can hold: its allocated blocks, or the pages it has in
+    // the page cache (a file just written, not yet allocated on disk). A
+    // huge sparse file maps next to nothing: never more than this is
+    // credited to a mapping no sample saw.
+    let blocks: u64 = read(inode, off!(inode_blocks))?;
+    let mapping: *const u8 = read(inode, off!(inode_mapping))?;
+    let pages: u64 = if mapping.is_null() {
+        0
+    } else {
+        read(mapping, off!(mapping_nrpages))?
+    };
+    let held = blocks.saturating_mul(512).max(pages.saturating_mul(4096));
     let tgid = proc::current_tgid();
     // Gives the process an identity for user space.
     proc::counters_of(tgid)?;
@@ -34,7 +46,7 @@ pub fn on_mmap(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
         dev: key.dev,
         _pad: 0,
         ino: key.ino,
-        len: len.min(size.max(0) as u64),
+        len: len.min(size.max(0) as u64).min(held),
     };
     WATCHED_MMAPS
         .insert(

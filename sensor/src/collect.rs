@@ -180,11 +180,14 @@ impl Collector {
             let mapped = mmap_bytes.remove(&tgid).unwrap_or(0);
             let delta = ProcDelta {
                 tgid,
-                read_bytes: now.read_bytes.saturating_sub(before.read_bytes) + mapped,
+                read_bytes: now
+                    .read_bytes
+                    .saturating_sub(before.read_bytes)
+                    .saturating_add(mapped),
                 watched_read_bytes: now
                     .watched_read_bytes
                     .saturating_sub(before.watched_read_bytes)
-                    + mapped,
+                    .saturating_add(mapped),
                 sent_bytes: now.sent_bytes.saturating_sub(before.sent_bytes),
                 mmap_bytes: mapped,
                 total: now,
@@ -277,9 +280,10 @@ impl Collector {
             if vanished && !self.mmap_seen.contains(key) {
                 target = target.max(info.len);
             }
-            let delta = target - counted;
+            let delta = target.saturating_sub(counted);
             if delta > 0 {
-                *per_tgid.entry(key.tgid).or_default() += delta;
+                let sum = per_tgid.entry(key.tgid).or_default();
+                *sum = sum.saturating_add(delta);
                 let inode = InodeKey {
                     dev: info.dev,
                     _pad: 0,

@@ -116,7 +116,10 @@ struct ActorState {
 impl ActorState {
     fn sums(&self) -> (u64, u64) {
         self.buckets.iter().fold((0, 0), |(r, s), b| {
-            (r + b.watched_read, s + b.untrusted_sent)
+            (
+                r.saturating_add(b.watched_read),
+                s.saturating_add(b.untrusted_sent),
+            )
         })
     }
 
@@ -185,17 +188,17 @@ impl Detector {
                     });
                 }
                 let b = state.buckets.back_mut().expect("bucket just ensured");
-                b.watched_read += a.watched_read;
-                b.untrusted_sent += untrusted;
+                b.watched_read = b.watched_read.saturating_add(a.watched_read);
+                b.untrusted_sent = b.untrusted_sent.saturating_add(untrusted);
                 b.pids.insert(a.identity.tgid);
                 if untrusted > 0 {
-                    *b.senders.entry(a.identity.tgid).or_default() += untrusted;
+                    add_to(&mut b.senders, a.identity.tgid, untrusted);
                 }
                 for (inode, bytes) in &a.files {
-                    *b.files.entry(*inode).or_default() += bytes;
+                    add_to(&mut b.files, *inode, *bytes);
                 }
                 for (ep, class, bytes) in &a.sends {
-                    *b.dests.entry((*ep, *class)).or_default() += bytes;
+                    add_to(&mut b.dests, (*ep, *class), *bytes);
                 }
                 state.identities.insert(a.identity.tgid, a.identity.clone());
                 state.sessions.insert(a.identity.sid);
@@ -307,13 +310,13 @@ impl Detector {
         let mut pids: Vec<u32> = Vec::new();
         for b in &state.buckets {
             for (k, v) in &b.files {
-                *files.entry(*k).or_default() += v;
+                add_to(&mut files, *k, *v);
             }
             for (k, v) in &b.dests {
-                *dests.entry(*k).or_default() += v;
+                add_to(&mut dests, *k, *v);
             }
             for (k, v) in &b.senders {
-                *senders.entry(*k).or_default() += v;
+                add_to(&mut senders, *k, *v);
             }
             pids.extend(&b.pids);
         }
@@ -375,6 +378,13 @@ fn actor_keys(a: &Activity) -> Vec<ActorKey> {
         keys.push(ActorKey::Container(a.container.clone()));
     }
     keys
+}
+
+/// `map[key] += bytes`, saturating: counts fed from the kernel must not
+/// overflow (a panic in debug builds, a wrap in release).
+fn add_to<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: K, bytes: u64) {
+    let e = map.entry(key).or_default();
+    *e = e.saturating_add(bytes);
 }
 
 #[cfg(test)]

@@ -228,3 +228,56 @@ fn mmap_gone_before_sampled_counts_mapped_length() {
         .wait_for(Duration::from_secs(15), comm, |m| watched(m, comm) > 0);
     assert_eq!(watched(&m, comm), mapped, "{comm}: mapped length");
 }
+
+/// Counting cannot be inflated by mappings: a huge sparse `*.pt` (32 TiB
+/// long, 1 MiB written) mapped and unmapped 200 times without a sample ever
+/// seeing a mapping is credited at most what the file holds per mapping,
+/// not its length (which would add 2^52 bytes and overflow sums).
+#[test]
+fn sparse_mmap_churn_is_credited_what_the_file_holds() {
+    let dir = tempfile::Builder::new()
+        .prefix("sensor-sparse")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let file = dir.path().join("huge.pt");
+    {
+        let f = std::fs::File::create(&file).unwrap();
+        std::io::Write::write_all(&mut &f, &vec![7u8; MIB as usize]).unwrap();
+        f.set_len(1 << 46).unwrap();
+    }
+    let agent = Agent::start(&[
+        "--watch",
+        dir.path().to_str().unwrap(),
+        "--poll-interval-ms",
+        "5000",
+    ]);
+    std::thread::sleep(Duration::from_millis(300)); // past the first (immediate) poll
+    let comm = "rp-mmap-churn";
+    let times = 200u64;
+    let r = workload::report(
+        comm,
+        &[
+            "mmap-churn",
+            "--file",
+            file.to_str().unwrap(),
+            "--len",
+            &(1u64 << 45).to_string(),
+            "--times",
+            &times.to_string(),
+        ],
+    );
+    let mapped = r["mapped_bytes"].as_u64().unwrap();
+    let allocated = r["allocated_bytes"].as_u64().unwrap();
+    assert!((MIB..4 * MIB).contains(&allocated), "{r}");
+    let m = agent.wait_for(Duration::from_secs(15), comm, |m| watched(m, comm) > 0);
+    let counted = watched(&m, comm);
+    assert!(
+        counted <= times * allocated,
+        "{comm}: credited {counted} for {times} untouched mappings of a file holding \
+         {allocated} bytes (mapped {mapped} in all)"
+    );
+    eprintln!("{comm}: credited {counted} (≤ {times} × {allocated}); mapped {mapped}");
+    // Still alive and scraping.
+    agent.metrics();
+    assert!(agent.stop().success());
+}

@@ -143,6 +143,40 @@ pub fn mmap(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `mmap-churn --file F --len L --times N`: map the first L bytes of the
+/// file and unmap them at once, N times, touching nothing; reports the
+/// bytes mapped in all and what the file really holds (`st_blocks * 512`).
+pub fn mmap_churn(a: &Args) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = File::open(a.str("file"))?;
+    let len = a.num("len") as usize;
+    let times = a.num("times");
+    for _ in 0..times {
+        // SAFETY: a fresh read-only shared mapping of an open file, unmapped
+        // right away; nothing reads it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the mapping just made.
+        unsafe { libc::munmap(ptr, len) };
+    }
+    report(&[
+        ("mapped_bytes", (len as u64).saturating_mul(times)),
+        ("allocated_bytes", f.metadata()?.blocks() * 512),
+    ]);
+    Ok(())
+}
+
 /// `copy-file-range --file F --out G`
 pub fn copy_file_range(a: &Args) -> Result<()> {
     let src = File::open(a.str("file"))?;

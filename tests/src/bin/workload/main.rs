@@ -87,6 +87,7 @@ fn main() {
     let result = match cmd {
         "read" => files::read(&args),
         "mmap" => files::mmap(&args),
+        "mmap-churn" => files::mmap_churn(&args),
         "copy-file-range" => files::copy_file_range(&args),
         "sendfile-file" => files::sendfile_to_file(&args),
         "splice-pipe" => files::splice_to_pipe(&args),
@@ -101,7 +102,7 @@ fn main() {
         "mmap-send" => exfil::mmap_send(&args),
         "stdin-send" => exfil::stdin_send(&args),
         "relay" => exfil::relay(&args),
-        _ => die("usage: read|mmap|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay --key value ..."),
+        _ => die("usage: read|mmap|mmap-churn|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay --key value ..."),
     };
     if let Err(e) = result {
         die(&format!("{cmd}: {e}"));
