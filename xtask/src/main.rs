@@ -1,6 +1,7 @@
 //! Build, setup and test automation: `cargo xtask <command>`.
 
 mod bench;
+mod image;
 mod kernels;
 mod setup;
 
@@ -30,6 +31,12 @@ enum Cmd {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the container image with podman, from Debian packages and the
+    /// release binary, with the Dockerfile's runtime-stage contents.
+    Image {
+        #[arg(long, default_value = "localhost/sensor:0.1.0")]
+        tag: String,
     },
     /// Lint (fmt, clippy for user space and, separately, the eBPF crate).
     Lint,
@@ -86,6 +93,10 @@ fn main() -> Result<()> {
             let reps = if quick { 1 } else { reps.max(1) };
             let out = out.unwrap_or_else(|| root.join("docs/BENCHMARKS.md"));
             bench::run(&root, &bench::Options { quick, reps, out })
+        }
+        Cmd::Image { tag } => {
+            setup::build()?;
+            image::build(&root, &tag)
         }
         Cmd::Kernels { only } => {
             setup::build()?;
@@ -179,6 +190,8 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
             },
         )?;
     }
+    // The container test runs the image as the DaemonSet would.
+    image::build(root, image::TEST_TAG)?;
     let mut args = vec![
         "test",
         "--workspace",
@@ -192,6 +205,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     let result = run(Command::new("cargo")
         .current_dir(root)
         .env("SENSOR_BIN", root.join("target/debug/sensor"))
+        .env("SENSOR_IMAGE", image::TEST_TAG)
         .args(&args));
     // The kernel frees programs of exited processes asynchronously.
     let mut leftovers = find_leftovers();

@@ -43,9 +43,22 @@ pub fn test_tools() -> Result<()> {
         ("promtool", "prometheus"),
     ])?;
     kernel_tools()?;
+    image_tools()?;
     python_tools(&[
         ("kubernetes_validate", "kubernetes-validate"),
         ("yamllint", "yamllint"),
+    ])
+}
+
+/// What `cargo xtask image` and the container test run: podman with runc
+/// (crun, podman's default, refuses hosts whose cgroups are in hybrid mode),
+/// mmdebstrap for the Debian base.
+pub fn image_tools() -> Result<()> {
+    debian_packages(&[
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("mmdebstrap", "mmdebstrap"),
+        ("tar", "tar"),
     ])
 }
 
