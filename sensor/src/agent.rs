@@ -109,12 +109,29 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     let mut pipeline = Pipeline::new(&cfg, &watch, metrics);
 
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        pipeline.metrics.registry.clone(),
-        cfg.web.clone(),
-        shutdown.clone(),
-    ));
+    // The metrics server thread: /metrics and /healthz answer while a poll
+    // runs (or is stuck). Started after the capabilities were dropped.
+    let server = {
+        let listener = listener.into_std().context("metrics listener")?;
+        let (registry, web, health, token) = (
+            pipeline.metrics.registry.clone(),
+            cfg.web.clone(),
+            pipeline.metrics.health.clone(),
+            shutdown.clone(),
+        );
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    http::serve(listener, registry, web, health, token).await
+                })
+            })
+            .context("starting the metrics server thread")?
+    };
     let publisher = Publisher::new();
     let tail = tokio::spawn(server::serve(
         tail_listener,
@@ -130,18 +147,21 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
 
     let mut ticker = tokio::time::interval(cfg.poll_interval);
     let mut last_refresh = Instant::now();
+    pipeline.metrics.health.start(cfg.poll_interval);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+        let poll_start = Instant::now();
         let mut out = pipeline.poll(&mut sensor)?;
         for alert in &out.alerts {
             sinks.emit(alert);
         }
         trail.after_poll(&mut out, &sensor, &pipeline.metrics, &mut sinks);
         publisher.publish(&out);
+        pipeline.metrics.poll_done(poll_start.elapsed());
         if last_refresh.elapsed() >= WATCH_REFRESH {
             sensor.bump_generation()?;
             last_refresh = Instant::now();
@@ -157,8 +177,8 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
     shutdown.cancel();
     drop(sensor);
     tracing::info!("programs detached, exiting");
-    let _ = server.await;
     let _ = tail.await;
+    let _ = server.join();
     let _ = std::fs::remove_file(&cfg.tail_socket);
     Ok(())
 }

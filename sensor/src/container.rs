@@ -57,9 +57,12 @@ fn is_container_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// Maps cgroup ids to attributions. A new id (a container just started)
-/// triggers a rescan of cgroupfs, at most once per `rescan_every`; an id a
-/// fresh scan did not find (its cgroup already removed) is remembered as
+/// Maps cgroup ids to attributions. A new id (a container just started) is
+/// looked up through the process that has it: the cgroup path in
+/// `/proc/PID/cgroup`, confirmed by that directory's inode being the id.
+/// Only when that fails (the process is gone, moved, or in another cgroup
+/// namespace) is cgroupfs rescanned, at most once per `rescan_every`; an id
+/// a fresh scan did not find (its cgroup already removed) is remembered as
 /// unattributed for `forget_misses_after`, so it cannot cause a scan a poll.
 pub struct CgroupResolver {
     root: Option<PathBuf>,
@@ -77,12 +80,13 @@ impl CgroupResolver {
             by_id: HashMap::new(),
             misses: HashMap::new(),
             last_scan: None,
-            rescan_every: Duration::from_millis(100),
+            rescan_every: Duration::from_secs(1),
             forget_misses_after: Duration::from_secs(30),
         }
     }
 
-    pub fn attribution(&mut self, cgroup_id: u64) -> Attribution {
+    /// The attribution of `cgroup_id`, the cgroup of process `tgid`.
+    pub fn attribution(&mut self, cgroup_id: u64, tgid: u32) -> Attribution {
         if let Some(a) = self.by_id.get(&cgroup_id) {
             return a.clone();
         }
@@ -92,6 +96,13 @@ impl CgroupResolver {
             .is_some_and(|t| t.elapsed() < self.forget_misses_after)
         {
             return Attribution::default();
+        }
+        if let Some(a) = self.by_process(cgroup_id, tgid) {
+            if self.by_id.len() >= MAX_IDS {
+                self.by_id.clear();
+            }
+            self.by_id.insert(cgroup_id, a.clone());
+            return a;
         }
         let due = self
             .last_scan
@@ -103,6 +114,15 @@ impl CgroupResolver {
             }
         }
         self.by_id.get(&cgroup_id).cloned().unwrap_or_default()
+    }
+
+    /// From the process's own cgroup path, when that directory is `cgroup_id`.
+    fn by_process(&self, cgroup_id: u64, tgid: u32) -> Option<Attribution> {
+        let root = self.root.as_ref()?;
+        let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let meta = std::fs::metadata(root.join(rel.trim_start_matches('/'))).ok()?;
+        (meta.is_dir() && meta.ino() == cgroup_id).then(|| parse_cgroup_path(rel))
     }
 
     fn scan(&mut self) {
@@ -138,6 +158,9 @@ impl CgroupResolver {
         self.misses.retain(|_, t| t.elapsed() < keep);
     }
 }
+
+/// Cgroup ids remembered at most (cleared past it; a scan rebuilds them).
+const MAX_IDS: usize = 65_536;
 
 impl Default for CgroupResolver {
     fn default() -> Self {
@@ -203,7 +226,28 @@ mod tests {
     fn resolver_finds_this_process() {
         let mut r = CgroupResolver::new();
         // Our own cgroup resolves to something (empty outside containers), never panics.
-        let _ = r.attribution(1);
+        let _ = r.attribution(1, std::process::id());
         assert!(r.last_scan.is_some() || r.root.is_none());
+    }
+
+    #[test]
+    fn a_new_id_is_found_through_its_process_without_a_scan() {
+        let mut r = CgroupResolver::new();
+        let Some(root) = r.root.clone() else {
+            return;
+        };
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let id = std::fs::metadata(root.join(rel.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        assert_eq!(
+            r.attribution(id, std::process::id()),
+            parse_cgroup_path(rel)
+        );
+        assert!(r.last_scan.is_none(), "no scan of cgroupfs");
+        // Another id than the process's: not taken from it.
+        let _ = r.attribution(id + 1_000_000, std::process::id());
+        assert!(!r.by_id.contains_key(&(id + 1_000_000)));
     }
 }

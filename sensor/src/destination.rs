@@ -34,6 +34,9 @@ pub enum Endpoint {
     /// A socket without a remote address (e.g. unconnected UDP).
     Unknown,
     Unix,
+    /// Destinations an alert folded together past its per-actor cap (their
+    /// bytes still count).
+    Other,
 }
 
 impl Endpoint {
@@ -43,6 +46,7 @@ impl Endpoint {
             Self::Ip(ip, port) => (ip.to_string(), *port),
             Self::Unknown => ("unknown".into(), 0),
             Self::Unix => ("unix".into(), 0),
+            Self::Other => ("other".into(), 0),
         }
     }
 
@@ -80,6 +84,7 @@ impl std::fmt::Display for Endpoint {
             Self::Ip(IpAddr::V6(ip), port) => write!(f, "[{ip}]:{port}"),
             Self::Unknown => f.write_str("unknown"),
             Self::Unix => f.write_str("unix"),
+            Self::Other => f.write_str("other"),
         }
     }
 }
@@ -100,7 +105,7 @@ impl Classifier {
     pub fn classify(&self, endpoint: &Endpoint) -> DestClass {
         match endpoint {
             Endpoint::Unix => DestClass::Local,
-            Endpoint::Unknown => DestClass::Untrusted,
+            Endpoint::Unknown | Endpoint::Other => DestClass::Untrusted,
             Endpoint::Ip(ip, _) if ip.is_loopback() => DestClass::Loopback,
             Endpoint::Ip(ip, _) if self.trusted.iter().any(|net| net.contains(ip)) => {
                 DestClass::Trusted

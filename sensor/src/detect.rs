@@ -102,6 +102,43 @@ struct Bucket {
     pids: HashSet<u32>,
 }
 
+impl Bucket {
+    fn add_dest(&mut self, ep: Endpoint, class: DestClass, bytes: u64) {
+        add_to(&mut self.dests, (ep, class), bytes);
+        if self.dests.len() > 2 * MAX_DESTS_PER_BUCKET {
+            self.fold_dests();
+        }
+    }
+
+    /// Keeps the [`MAX_DESTS_PER_BUCKET`] largest destinations (untrusted
+    /// first, as alerts list them) and folds the rest into one
+    /// [`Endpoint::Other`] entry per class: bytes are never dropped.
+    fn fold_dests(&mut self) {
+        let mut named: Vec<((Endpoint, DestClass), u64)> = Vec::with_capacity(self.dests.len());
+        let mut other: HashMap<(Endpoint, DestClass), u64> = HashMap::new();
+        for (k, v) in self.dests.drain() {
+            if k.0 == Endpoint::Other {
+                add_to(&mut other, k, v);
+            } else {
+                named.push((k, v));
+            }
+        }
+        named.sort_by(|a, b| {
+            (b.0 .1 == DestClass::Untrusted)
+                .cmp(&(a.0 .1 == DestClass::Untrusted))
+                .then(b.1.cmp(&a.1))
+                .then(a.0 .0.cmp(&b.0 .0))
+        });
+        for ((_, class), v) in named.split_off(named.len().min(MAX_DESTS_PER_BUCKET)) {
+            add_to(&mut other, (Endpoint::Other, class), v);
+        }
+        self.dests.extend(named);
+        for (k, v) in other {
+            add_to(&mut self.dests, k, v);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct ActorState {
     buckets: VecDeque<Bucket>,
@@ -114,6 +151,40 @@ struct ActorState {
 }
 
 impl ActorState {
+    /// Adds one process's activity to the current bucket. `significant`:
+    /// it read watched files or sent untrusted bytes (it is named and listed
+    /// whatever the caps).
+    fn add(&mut self, a: &Activity, untrusted: u64, bucket_start: u64, significant: bool) {
+        if self.buckets.back().is_none_or(|b| b.start != bucket_start) {
+            self.buckets.push_back(Bucket {
+                start: bucket_start,
+                ..Default::default()
+            });
+        }
+        let Some(b) = self.buckets.back_mut() else {
+            return;
+        };
+        b.watched_read = b.watched_read.saturating_add(a.watched_read);
+        b.untrusted_sent = b.untrusted_sent.saturating_add(untrusted);
+        if significant || b.pids.len() < MAX_PIDS_PER_BUCKET {
+            b.pids.insert(a.identity.tgid);
+        }
+        if untrusted > 0 {
+            add_to(&mut b.senders, a.identity.tgid, untrusted);
+        }
+        for (inode, bytes) in &a.files {
+            add_to(&mut b.files, *inode, *bytes);
+        }
+        for (ep, class, bytes) in &a.sends {
+            b.add_dest(*ep, *class, *bytes);
+        }
+        if significant {
+            self.identities.insert(a.identity.tgid, a.identity.clone());
+            self.sessions.insert(a.identity.sid);
+        }
+        self.container.clone_from(&a.container);
+    }
+
     fn sums(&self) -> (u64, u64) {
         self.buckets.iter().fold((0, 0), |(r, s), b| {
             (
@@ -140,6 +211,12 @@ pub struct Detector {
 /// Actors kept at most (memory bound under a storm of short-lived
 /// processes): past it, the least recently active are forgotten first.
 pub const MAX_ACTORS: usize = 65_536;
+/// Destinations a bucket keeps by name; past it the smallest are folded into
+/// [`Endpoint::Other`] (their bytes still count).
+pub const MAX_DESTS_PER_BUCKET: usize = 64;
+/// Processes a bucket lists beyond those that read watched files or sent
+/// untrusted bytes (always listed).
+pub const MAX_PIDS_PER_BUCKET: usize = 256;
 
 impl Detector {
     pub fn new(cfg: DetectConfig) -> Self {
@@ -167,42 +244,34 @@ impl Detector {
 
     /// Adds one poll's activity at `now` (seconds on a monotonic clock) and
     /// returns the alerts it raises.
+    ///
+    /// Only activity that can make an alert (watched reads, untrusted sends)
+    /// creates actors; loopback, local and trusted sends add detail to actors
+    /// that exist and cost nothing otherwise, so a host full of loopback
+    /// chatter holds no detector state.
     pub fn observe(&mut self, now: u64, activity: &[Activity]) -> Vec<Alert> {
         let bucket_start = now - now % self.bucket_secs;
+        let mut rest = Vec::new();
         for a in activity {
-            let untrusted: u64 = a
-                .sends
-                .iter()
-                .filter(|(_, c, _)| *c == DestClass::Untrusted)
-                .map(|(_, _, b)| b)
-                .sum();
-            if a.watched_read == 0 && untrusted == 0 && a.sends.is_empty() {
+            let untrusted = untrusted_bytes(a);
+            if a.watched_read == 0 && untrusted == 0 {
+                if !a.sends.is_empty() {
+                    rest.push(a);
+                }
                 continue;
             }
             for key in actor_keys(a) {
                 let state = self.actors.entry(key).or_default();
-                if state.buckets.back().is_none_or(|b| b.start != bucket_start) {
-                    state.buckets.push_back(Bucket {
-                        start: bucket_start,
-                        ..Default::default()
-                    });
+                state.add(a, untrusted, bucket_start, true);
+            }
+        }
+        // After the actors this poll created, so a relay's loopback hop is
+        // listed with the reader of its session whatever the order.
+        for a in rest {
+            for key in actor_keys(a) {
+                if let Some(state) = self.actors.get_mut(&key) {
+                    state.add(a, 0, bucket_start, false);
                 }
-                let b = state.buckets.back_mut().expect("bucket just ensured");
-                b.watched_read = b.watched_read.saturating_add(a.watched_read);
-                b.untrusted_sent = b.untrusted_sent.saturating_add(untrusted);
-                b.pids.insert(a.identity.tgid);
-                if untrusted > 0 {
-                    add_to(&mut b.senders, a.identity.tgid, untrusted);
-                }
-                for (inode, bytes) in &a.files {
-                    add_to(&mut b.files, *inode, *bytes);
-                }
-                for (ep, class, bytes) in &a.sends {
-                    add_to(&mut b.dests, (*ep, *class), *bytes);
-                }
-                state.identities.insert(a.identity.tgid, a.identity.clone());
-                state.sessions.insert(a.identity.sid);
-                state.container.clone_from(&a.container);
             }
         }
         self.expire(now);
@@ -241,9 +310,20 @@ impl Detector {
             {
                 s.buckets.pop_front();
             }
-            // An actor is kept while it has activity, or a recent alert to
-            // suppress repeats of.
-            !s.buckets.is_empty() || s.alerted_since(horizon)
+            if s.identities.len() > MAX_PIDS_PER_BUCKET {
+                // Names of processes no longer in the window.
+                let live: HashSet<u32> = s
+                    .buckets
+                    .iter()
+                    .flat_map(|b| b.pids.iter().copied())
+                    .collect();
+                s.identities.retain(|pid, _| live.contains(pid));
+            }
+            // An actor is kept while its window holds something that can make
+            // an alert (watched reads, untrusted sends), or a recent alert to
+            // suppress repeats of; loopback chatter alone does not keep it.
+            let (read, sent) = s.sums();
+            (read > 0 || sent > 0) || s.alerted_since(horizon)
         });
     }
 
@@ -364,6 +444,14 @@ impl Detector {
             pids,
         }
     }
+}
+
+/// Bytes a process sent to untrusted destinations.
+fn untrusted_bytes(a: &Activity) -> u64 {
+    a.sends
+        .iter()
+        .filter(|(_, c, _)| *c == DestClass::Untrusted)
+        .fold(0u64, |s, (_, _, b)| s.saturating_add(*b))
 }
 
 /// The actors a process's activity counts for.
@@ -597,6 +685,105 @@ mod tests {
             d.actors.contains_key(&ActorKey::Process(1299, 1000 + 1299)),
             "the newest is kept"
         );
+    }
+
+    #[test]
+    fn loopback_and_trusted_senders_cost_nothing() {
+        let mut d = Detector::new(cfg());
+        for round in 0..3u64 {
+            let chatter: Vec<Activity> = (0..4000u32)
+                .map(|t| act(5000 + t, 5000 + t, 0, &[(1, Loopback, 1), (3, Trusted, 1)]))
+                .collect();
+            assert!(d.observe(100 + round * 3, &chatter).is_empty());
+            assert_eq!(d.actors(), 0, "round {round}");
+        }
+    }
+
+    #[test]
+    fn loopback_hops_still_add_detail_to_an_existing_actor() {
+        let mut d = Detector::new(cfg());
+        // The loopback hop comes first in the poll; the reader of its
+        // session makes the actor.
+        let hop = act(81, 80, 0, &[(9, Loopback, 5 * MIB)]);
+        let reader = act(80, 80, 100 * MIB, &[]);
+        assert!(d.observe(100, &[hop, reader]).is_empty());
+        let a = d.observe(101, &[act(82, 80, 0, &[(2, Untrusted, 60 * MIB)])]);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].scope, Scope::Session);
+        assert_eq!(a[0].pids, vec![80, 81, 82]);
+        assert!(a[0].destinations.contains(&(ep(9), Loopback, 5 * MIB)));
+        assert_eq!(
+            d.actors(),
+            3,
+            "reader, sender and their session; not the hop"
+        );
+    }
+
+    #[test]
+    fn an_actor_is_dropped_once_only_chatter_is_left_in_its_window() {
+        let mut d = Detector::new(cfg());
+        d.observe(100, &[act(90, 90, MIB, &[])]);
+        assert_eq!(d.actors(), 2);
+        for t in (103..200).step_by(3) {
+            d.observe(t, &[act(90, 90, 0, &[(1, Loopback, 1)])]);
+        }
+        assert_eq!(d.actors(), 0, "the read left the window");
+    }
+
+    #[test]
+    fn destinations_are_capped_and_totals_stay_exact() {
+        let mut d = Detector::new(cfg());
+        assert!(d.observe(100, &[act(95, 95, 100 * MIB, &[])]).is_empty());
+        // 32,768 untrusted destinations of 1 KiB each, one with 40 MiB,
+        // and 1,000 loopback ones.
+        let mut sends: Vec<(Endpoint, DestClass, u64)> = (0..32_768u32)
+            .map(|i| {
+                (
+                    Endpoint::Ip(IpAddr::from([198, 19, (i >> 8) as u8, i as u8]), 9),
+                    Untrusted,
+                    1024,
+                )
+            })
+            .collect();
+        sends.push((ep(1), Untrusted, 40 * MIB));
+        sends.extend((0..1000u16).map(|p| {
+            (
+                Endpoint::Ip(IpAddr::from([127, 0, 0, 1]), 1000 + p),
+                Loopback,
+                1,
+            )
+        }));
+        let mut a = act(95, 95, 0, &[]);
+        a.sends = sends;
+        let alerts = d.observe(101, &[a]);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let al = &alerts[0];
+        assert_eq!(al.sent_bytes, 32_768 * 1024 + 40 * MIB, "exact total");
+        assert_eq!(al.destinations[0], (ep(1), Untrusted, 40 * MIB));
+        assert!(al.destinations.len() <= 10);
+        for s in d.actors.values() {
+            for b in &s.buckets {
+                assert!(
+                    b.dests.len() <= 2 * MAX_DESTS_PER_BUCKET + 4,
+                    "{}",
+                    b.dests.len()
+                );
+                let untrusted: u64 = b
+                    .dests
+                    .iter()
+                    .filter(|((_, c), _)| *c == Untrusted)
+                    .map(|(_, v)| v)
+                    .sum();
+                assert_eq!(untrusted, b.untrusted_sent, "folded bytes still count");
+                let loopback: u64 = b
+                    .dests
+                    .iter()
+                    .filter(|((_, c), _)| *c == Loopback)
+                    .map(|(_, v)| v)
+                    .sum();
+                assert_eq!(loopback, if b.untrusted_sent > 0 { 1000 } else { 0 });
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `/metrics` (Prometheus text format) and `/healthz`, over plain HTTP or,
 //! with `--web-config-file`, TLS and basic auth (`/healthz` stays open for
-//! probes: it says nothing but "ok").
+//! probes: it says "ok", or answers 503 with the reason when the last poll
+//! completed more than three poll intervals and a slack ago). The server
+//! runs on a thread of its own, so it answers while a poll is stuck.
 //!
 //! The server bounds what a client can hold:
 //! - at most [`MAX_CONNECTIONS`] connections; a new one past the cap closes
@@ -43,7 +45,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, webconfig::WebConfig};
+use crate::{
+    metrics::{Health, Metrics},
+    webconfig::WebConfig,
+};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -63,6 +68,14 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 struct AppState {
     registry: Registry,
     web: WebConfig,
+    health: Arc<Health>,
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.health.problem() {
+        None => "ok\n".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -98,21 +111,26 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-fn router(registry: Registry, web: WebConfig) -> Router {
+fn router(registry: Registry, web: WebConfig, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(AppState { registry, web })
+        .route("/healthz", get(healthz))
+        .with_state(AppState {
+            registry,
+            web,
+            health,
+        })
 }
 
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
     web: WebConfig,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let server = Server {
-        app: router(registry, web.clone()),
+        app: router(registry, web.clone(), health),
         tls: web.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         headers: Arc::new(
             web.headers

@@ -2,7 +2,17 @@
 //! read totals, never kernel maps. Labels are bounded: no pid, no path,
 //! `comm` folded past a cap.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use sensor_common::counter;
 
 use crate::{
@@ -25,6 +35,12 @@ pub struct Metrics {
     probe_info: IntGaugeVec,
     pub tamper: IntCounterVec,
     pub heartbeat: IntGauge,
+    /// Duration of each poll (`_count`: polls completed).
+    pub poll_duration: Histogram,
+    /// The longest poll so far.
+    pub poll_duration_max: Gauge,
+    /// When the last poll completed, for `/healthz`.
+    pub health: Arc<Health>,
     pub audit_records: prometheus::IntCounter,
     pub audit_errors: prometheus::IntCounter,
     pub audit_chain_head: IntGaugeVec,
@@ -130,6 +146,21 @@ impl Metrics {
             "Unix time of the agent's last completed poll: stale or absent means the agent is not watching.",
         )?;
         registry.register(Box::new(heartbeat.clone()))?;
+        let poll_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "sensor_poll_duration_seconds",
+                "Time one poll took (maps read, deltas, labels, detection, alerts); _count is the polls completed.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        registry.register(Box::new(poll_duration.clone()))?;
+        let poll_duration_max = Gauge::new(
+            "sensor_poll_duration_max_seconds",
+            "The longest poll since the agent started.",
+        )?;
+        registry.register(Box::new(poll_duration_max.clone()))?;
         let audit_records = prometheus::IntCounter::new(
             "sensor_audit_records_total",
             "Records appended to the audit log.",
@@ -169,12 +200,25 @@ impl Metrics {
             probe_info,
             tamper,
             heartbeat,
+            poll_duration,
+            poll_duration_max,
+            health: Arc::new(Health::new()),
             audit_records,
             audit_errors,
             audit_chain_head,
             audit_folded,
             comms: LabelFolder::new(max_comm_labels),
         })
+    }
+
+    /// A poll completed after `took`.
+    pub fn poll_done(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        self.poll_duration.observe(secs);
+        if secs > self.poll_duration_max.get() {
+            self.poll_duration_max.set(secs);
+        }
+        self.health.polled();
     }
 
     pub fn set_probe(&self, capability: &str, hook: &str, attached: bool) {
@@ -201,7 +245,7 @@ impl Metrics {
             match poll.identities.get(&tgid) {
                 Some(id) => (
                     comms.fold(&id.comm).to_string(),
-                    containers.attribution(id.cgroup_id).container,
+                    containers.attribution(id.cgroup_id, id.tgid).container,
                 ),
                 None => ("?".to_string(), String::new()),
             }
@@ -248,12 +292,92 @@ impl Metrics {
     }
 }
 
+/// Slack beyond three poll intervals before `/healthz` calls a poll late.
+pub const HEALTH_SLACK: Duration = Duration::from_secs(2);
+
+/// Whether the poll loop keeps its schedule, for `/healthz` (read on the
+/// metrics server's thread while the poll runs on its own).
+pub struct Health {
+    epoch: Instant,
+    interval_ms: AtomicU64,
+    /// Milliseconds after `epoch` the last poll completed (or the loop began).
+    last_ms: AtomicU64,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            interval_ms: AtomicU64::new(1000),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The poll loop starts, polling every `interval`.
+    pub fn start(&self, interval: Duration) {
+        self.interval_ms
+            .store(interval.as_millis() as u64, Ordering::Relaxed);
+        self.polled();
+    }
+
+    pub fn polled(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Why the agent is not healthy: its last poll completed longer ago
+    /// than three intervals and [`HEALTH_SLACK`]; `None` when it is.
+    pub fn problem(&self) -> Option<String> {
+        self.problem_at(self.epoch.elapsed())
+    }
+
+    fn problem_at(&self, now: Duration) -> Option<String> {
+        let interval = self.interval_ms.load(Ordering::Relaxed);
+        let limit = interval.saturating_mul(3) + HEALTH_SLACK.as_millis() as u64;
+        let age = (now.as_millis() as u64).saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        (age > limit).then(|| {
+            format!(
+                "last poll completed {:.1} s ago (limit {:.1} s: 3 poll intervals + {} s): polling is stuck or behind",
+                age as f64 / 1000.0,
+                limit as f64 / 1000.0,
+                HEALTH_SLACK.as_secs()
+            )
+        })
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use sensor_common::{ProcCounters, AF_INET};
 
     use super::*;
     use crate::collect::{Identity, ProcDelta, SendDelta};
+
+    #[test]
+    fn health_turns_bad_when_polls_stop() {
+        let h = Health::new();
+        h.start(Duration::from_millis(200));
+        let t = h.epoch.elapsed();
+        assert_eq!(h.problem_at(t + Duration::from_millis(2500)), None);
+        let why = h.problem_at(t + Duration::from_secs(3)).unwrap();
+        assert!(
+            why.contains("last poll completed 3.0 s ago (limit 2.6 s"),
+            "{why}"
+        );
+        h.polled();
+        assert_eq!(h.problem_at(h.epoch.elapsed()), None);
+        let m = Metrics::new(8, "k").unwrap();
+        m.poll_done(Duration::from_millis(30));
+        m.poll_done(Duration::from_millis(10));
+        assert_eq!(m.poll_duration.get_sample_count(), 2);
+        assert!((m.poll_duration_max.get() - 0.03).abs() < 1e-9);
+    }
 
     #[test]
     fn records_labelled_deltas() {

@@ -43,6 +43,7 @@ pub struct Pipeline {
     detector: Detector,
     procs: ProcMetaCache,
     paths: PathCache,
+    sampler: resident::Sampler,
     pods: PodDirectory,
     host: String,
     started: Instant,
@@ -59,6 +60,7 @@ impl Pipeline {
             detector: Detector::new(cfg.detect.clone()),
             procs: ProcMetaCache::new(16_384),
             paths: PathCache::new(watch.inodes.iter().map(|w| w.path.clone()).collect()),
+            sampler: resident::Sampler::default(),
             pods: PodDirectory::new(cfg.pods_dir.clone()),
             host: sysinfo::hostname(),
             started: Instant::now(),
@@ -86,7 +88,7 @@ impl Pipeline {
             counters,
             sends: sensor.read_sends()?,
             files: sensor.read_files()?,
-            resident: resident::sample_all(&mmaps),
+            resident: self.sampler.sample_all(&mmaps),
             mmaps,
             lost: sensor.read_lost()?,
         };
@@ -103,7 +105,10 @@ impl Pipeline {
         for alert in self.detector.observe(now, &activity) {
             // The pod's name and namespace where the kubelet's directory tells
             // them, else its UID alone.
-            let uid = self.containers.attribution(alert.process.cgroup_id).pod_uid;
+            let uid = self
+                .containers
+                .attribution(alert.process.cgroup_id, alert.process.tgid)
+                .pod_uid;
             let (pod, namespace) = match self.pods.lookup(&uid) {
                 Some(p) => (p.name, p.namespace),
                 None => (uid, String::new()),
@@ -146,6 +151,9 @@ impl Pipeline {
     fn records(&mut self, poll: &Poll) -> Vec<ActivityRecord> {
         let ts = rfc3339(SystemTime::now());
         let mut by_tgid: HashMap<u32, ActivityRecord> = HashMap::new();
+        // Where each (process, destination) is in its record's list: one
+        // lookup per send, not a scan (a sprayer sends to thousands a poll).
+        let mut dest_at: HashMap<(u32, crate::destination::Endpoint), usize> = HashMap::new();
         for p in poll
             .procs
             .iter()
@@ -160,7 +168,7 @@ impl Pipeline {
                     ts: ts.clone(),
                     pid: p.tgid,
                     comm: id.comm.clone(),
-                    container: self.containers.attribution(id.cgroup_id).container,
+                    container: self.containers.attribution(id.cgroup_id, id.tgid).container,
                     read_bytes: p.read_bytes,
                     watched_read_bytes: p.watched_read_bytes,
                     ..Default::default()
@@ -179,14 +187,16 @@ impl Pipeline {
                 DestClass::Loopback => &mut r.loopback_sent_bytes,
                 DestClass::Local => &mut r.local_sent_bytes,
             } += s.bytes;
-            let addr = s.endpoint.to_string();
-            match r.destinations.iter_mut().find(|d| d.addr == addr) {
-                Some(d) => d.bytes += s.bytes,
-                None => r.destinations.push(DestBytes {
-                    addr,
-                    class: class.as_str().into(),
-                    bytes: s.bytes,
-                }),
+            match dest_at.get(&(s.tgid, s.endpoint)) {
+                Some(&i) => r.destinations[i].bytes += s.bytes,
+                None => {
+                    dest_at.insert((s.tgid, s.endpoint), r.destinations.len());
+                    r.destinations.push(DestBytes {
+                        addr: s.endpoint.to_string(),
+                        class: class.as_str().into(),
+                        bytes: s.bytes,
+                    });
+                }
             }
         }
         let mut records: Vec<ActivityRecord> = by_tgid.into_values().collect();
@@ -204,7 +214,7 @@ impl Pipeline {
             let id = &a.identity;
             if !a.files.is_empty() {
                 let meta = self.procs.get(id.tgid, id.first_seen_ns);
-                let uid = self.containers.attribution(id.cgroup_id).pod_uid;
+                let uid = self.containers.attribution(id.cgroup_id, id.tgid).pod_uid;
                 let (pod, namespace) = match self.pods.lookup(&uid) {
                     Some(p) => (p.name, p.namespace),
                     None => (uid, String::new()),
@@ -249,6 +259,7 @@ impl Pipeline {
     /// read now, while they are alive; their files' paths likewise.
     fn activity(&mut self, poll: &Poll, sensor: &Sensor) -> Vec<Activity> {
         let mut by_tgid: HashMap<u32, Activity> = HashMap::new();
+        self.paths.begin_poll();
         for p in poll.procs.iter().filter(|p| p.watched_read_bytes > 0) {
             if let Some(a) = activity_of(&mut by_tgid, poll, p.tgid, &mut self.containers) {
                 a.watched_read += p.watched_read_bytes;
@@ -287,11 +298,15 @@ fn activity_of<'a>(
     containers: &mut CgroupResolver,
 ) -> Option<&'a mut Activity> {
     let identity = poll.identities.get(&tgid)?;
-    Some(by_tgid.entry(tgid).or_insert_with(|| Activity {
-        identity: identity.clone(),
-        container: containers.attribution(identity.cgroup_id).container,
-        watched_read: 0,
-        files: Vec::new(),
-        sends: Vec::new(),
+    Some(by_tgid.entry(tgid).or_insert_with(|| {
+        Activity {
+            identity: identity.clone(),
+            container: containers
+                .attribution(identity.cgroup_id, identity.tgid)
+                .container,
+            watched_read: 0,
+            files: Vec::new(),
+            sends: Vec::new(),
+        }
     }))
 }
