@@ -2,6 +2,7 @@
 //! ground truth: what its own calls returned) and prints them as one JSON
 //! line when done. Run through a symlink so the test picks the `comm`.
 
+mod abuse;
 mod exfil;
 mod files;
 mod net;
@@ -102,7 +103,11 @@ fn main() {
         "mmap-send" => exfil::mmap_send(&args),
         "stdin-send" => exfil::stdin_send(&args),
         "relay" => exfil::relay(&args),
-        _ => die("usage: read|mmap|mmap-churn|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay --key value ..."),
+        "loopback-chatter" => abuse::loopback_chatter(&args),
+        "spray" => abuse::spray(&args),
+        "mmap-many" => abuse::mmap_many(&args),
+        "fds" => abuse::fds(&args),
+        _ => die("usage: read|mmap|mmap-churn|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay|loopback-chatter|spray|mmap-many|fds --key value ..."),
     };
     if let Err(e) = result {
         die(&format!("{cmd}: {e}"));
