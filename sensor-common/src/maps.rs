@@ -2,6 +2,13 @@
 
 /// Per-process counters (`PerCpuHashMap<u32 tgid, ProcCounters>`).
 pub const PROC_STATS: &str = "PROC_STATS";
+/// Per-process counters of processes `PROC_STATS` had no room for
+/// (`LruPerCpuHashMap<u32 tgid, ProcCounters>`): under pressure a new
+/// process still gets its own counters and identity; the least recently
+/// used spilled entry makes room.
+pub const PROC_SPILL: &str = "PROC_SPILL";
+/// Destinations `SEND_STATS` had no room for (`LruPerCpuHashMap<SendKey, SendCounters>`).
+pub const SEND_SPILL: &str = "SEND_SPILL";
 /// Per-process identity (`HashMap<u32 tgid, ProcInfo>`).
 pub const PROC_INFO: &str = "PROC_INFO";
 /// Bytes sent per (process, destination) (`PerCpuHashMap<SendKey, SendCounters>`).
@@ -10,7 +17,8 @@ pub const SEND_STATS: &str = "SEND_STATS";
 pub const FILE_STATS: &str = "FILE_STATS";
 /// Destinations of unconnected UDP sends, by socket cookie (`LruHashMap<u64, Dest>`).
 pub const PENDING_DEST: &str = "PENDING_DEST";
-/// Mappings of watched files (`HashMap<MmapKey, MmapInfo>`).
+/// Mappings of watched files (`LruHashMap<MmapKey, MmapInfo>`: under
+/// pressure the oldest record makes room for a new mapping).
 pub const WATCHED_MMAPS: &str = "WATCHED_MMAPS";
 /// Executed path and arguments by tgid (`LruHashMap<u32, ExecInfo>`).
 pub const EXEC_INFO: &str = "EXEC_INFO";
@@ -32,6 +40,23 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
 /// Default capacity of the per-process maps.
 pub const DEFAULT_MAX_PROCS: u32 = 16_384;
+/// Capacity of the spill maps for a given `PROC_STATS` capacity.
+pub const fn proc_spill_size(procs: u32) -> u32 {
+    let n = procs / 4;
+    if n < 64 {
+        64
+    } else {
+        n
+    }
+}
+pub const fn send_spill_size(procs: u32) -> u32 {
+    let n = procs / 2;
+    if n < 128 {
+        128
+    } else {
+        n
+    }
+}
 /// Default capacity of the per-destination map.
 pub const DEFAULT_MAX_DESTS: u32 = 32_768;
 /// Default capacity of the per-file map.

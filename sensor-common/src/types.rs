@@ -21,6 +21,10 @@ pub struct ProcCounters {
     /// Bytes accepted by sockets of any family (per destination in `SEND_STATS`).
     pub sent_bytes: u64,
     pub send_ops: u64,
+    /// `bpf_ktime_get_ns` when the kernel created the entry (set in the
+    /// creating CPU's copy only; user space takes the largest). A new value
+    /// for a known tgid means the entry was evicted and made again.
+    pub born_ns: u64,
 }
 
 /// The reserved `PROC_STATS` entry that takes the bytes of processes the
@@ -214,9 +218,25 @@ pub mod counter {
     /// user space from the programs' `recursion_misses`; the kernel side
     /// never bumps this slot.
     pub const RECURSION_MISS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Found by user space: a live process's entry left the per-process
+    /// spill map (LRU) between two polls; what it counted since the
+    /// previous poll is lost.
+    pub const PROC_EVICTED: u32 = 8;
+    /// Found by user space: a destination entry left the spill map (LRU);
+    /// its bytes since the previous poll are judged as sent to an unknown
+    /// (untrusted) destination, from the process's own total.
+    pub const SEND_EVICTED: u32 = 9;
+    /// Found by user space: a live mapping's record left `WATCHED_MMAPS`
+    /// (LRU); its later residency is not sampled.
+    pub const MMAP_EVICTED: u32 = 10;
+    /// Slots that are losses, exported as `sensor_lost_events_total`.
+    pub const LOSS_COUNT: u32 = 11;
+    /// Not a loss: new records the kernel put in `WATCHED_MMAPS`, so user
+    /// space can tell how many left the (LRU) map before any poll saw them.
+    pub const MMAP_RECORDED: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// The `reason` label of `sensor_lost_events_total`, by index.
-    pub const REASONS: [&str; COUNT as usize] = [
+    pub const REASONS: [&str; LOSS_COUNT as usize] = [
         "proc_map_full",
         "info_map_full",
         "send_map_full",
@@ -225,11 +245,14 @@ pub mod counter {
         "mmap_map_full",
         "user_read_error",
         "recursion_miss",
+        "proc_evicted",
+        "send_evicted",
+        "mmap_evicted",
     ];
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<ProcCounters>() == 48);
+    assert!(core::mem::size_of::<ProcCounters>() == 56);
     assert!(core::mem::size_of::<ProcInfo>() == 64);
     assert!(core::mem::size_of::<SendKey>() == 24);
     assert!(core::mem::size_of::<SendCounters>() == 16);

@@ -13,6 +13,7 @@ mod probes;
 mod proc;
 mod reads;
 mod sends;
+mod slots;
 mod udp_dest;
 mod watch;
 

@@ -5,17 +5,18 @@
 //! mapping is resident in the process's page tables (the kernel's own
 //! accounting, `/proc/PID/smaps`).
 
-use aya_ebpf::{macros::map, maps::HashMap};
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap};
 use sensor_common::{counter, maps, MmapInfo, MmapKey};
 
 use crate::{
+    counters,
     kernel::{off, read},
     proc, reads, watch,
 };
 
 #[map(name = "WATCHED_MMAPS")]
-static WATCHED_MMAPS: HashMap<MmapKey, MmapInfo> =
-    HashMap::with_max_entries(maps::DEFAULT_MAX_FILES, 0);
+static WATCHED_MMAPS: LruHashMap<MmapKey, MmapInfo> =
+    LruHashMap::with_max_entries(maps::DEFAULT_MAX_FILES, 0);
 
 /// After `addr = mmap(_, len, _, _, fd, _)` succeeded on `file`.
 #[inline(always)]
@@ -48,15 +49,18 @@ pub fn on_mmap(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
         ino: key.ino,
         len: len.min(size.max(0) as u64).min(held),
     };
+    let key = MmapKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    // A new record is counted (user space tells evictions from it); an
+    // address mapped again replaces its record.
+    if WATCHED_MMAPS.insert(key, info, BPF_NOEXIST as u64).is_ok() {
+        counters::bump(counter::MMAP_RECORDED);
+        return Ok(());
+    }
     WATCHED_MMAPS
-        .insert(
-            MmapKey {
-                tgid,
-                _pad: 0,
-                addr,
-            },
-            info,
-            0,
-        )
+        .insert(key, info, 0)
         .map_err(|_| counter::MMAP_MAP_FULL)
 }

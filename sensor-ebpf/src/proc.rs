@@ -2,28 +2,34 @@
 //! kernel first counts the process).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
     macros::map,
-    maps::{HashMap, PerCpuHashMap},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuHashMap},
 };
 use sensor_common::{counter, maps, ProcCounters, ProcInfo, OVERFLOW_TGID};
 
 use crate::{
     counters,
     kernel::{current_task, off, read, read_ptr},
+    slots::slot_of,
 };
 
 #[map(name = "PROC_STATS")]
 static PROC_STATS: PerCpuHashMap<u32, ProcCounters> =
     PerCpuHashMap::with_max_entries(maps::DEFAULT_MAX_PROCS, 0);
 
+#[map(name = "PROC_SPILL")]
+static PROC_SPILL: LruPerCpuHashMap<u32, ProcCounters> =
+    LruPerCpuHashMap::with_max_entries(maps::proc_spill_size(maps::DEFAULT_MAX_PROCS), 0);
+
 #[map(name = "PROC_INFO")]
-pub(crate) static PROC_INFO: HashMap<u32, ProcInfo> =
-    HashMap::with_max_entries(maps::DEFAULT_MAX_PROCS, 0);
+pub(crate) static PROC_INFO: HashMap<u32, ProcInfo> = HashMap::with_max_entries(
+    maps::DEFAULT_MAX_PROCS + maps::proc_spill_size(maps::DEFAULT_MAX_PROCS),
+    0,
+);
 
 /// The thread-group id of the current task.
 #[inline(always)]
@@ -31,26 +37,31 @@ pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// This CPU's counters of the current process, created on first sight.
+/// This CPU's counters of the current process, created on first sight
+/// (in `PROC_STATS`, or in the LRU spill when it is full, so a new process
+/// keeps its own counters and identity under pressure).
 #[inline(always)]
 pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, u32> {
-    if let Some(c) = PROC_STATS.get_ptr_mut(tgid) {
+    // The value is only built (and the clock read) when an entry is made.
+    let slot = slot_of!(
+        PROC_STATS,
+        PROC_SPILL,
+        tgid,
+        ProcCounters {
+            // SAFETY: a helper without preconditions.
+            born_ns: unsafe { bpf_ktime_get_ns() },
+            ..ProcCounters::default()
+        },
+        counter::PROC_MAP_FULL
+    );
+    if let Some((c, created)) = slot {
+        if created {
+            record_identity(tgid);
+        }
         return Ok(c);
     }
-    // First sight: a zeroed entry (NOEXIST: another CPU may have raced us),
-    // then the identity user space labels it with.
-    if PROC_STATS
-        .insert(tgid, ProcCounters::default(), BPF_NOEXIST as u64)
-        .is_ok()
-    {
-        record_identity(tgid);
-    }
-    if let Some(c) = PROC_STATS.get_ptr_mut(tgid) {
-        return Ok(c);
-    }
-    // Full: the entry user space reserved keeps the bytes in the totals;
-    // the lost per-process detail is counted.
-    counters::bump(counter::PROC_MAP_FULL);
+    // Both full and no spill slot: the entry user space reserved keeps the
+    // bytes in the totals, without an identity.
     PROC_STATS
         .get_ptr_mut(OVERFLOW_TGID)
         .ok_or(counter::PROC_MAP_FULL)

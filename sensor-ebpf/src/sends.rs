@@ -2,21 +2,30 @@
 //! per-process totals and per destination (address and port, or the UNIX
 //! family), with the destination of unconnected UDP from the cgroup hooks.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap};
+use aya_ebpf::{
+    macros::map,
+    maps::{LruPerCpuHashMap, PerCpuHashMap},
+};
 use sensor_common::{
     counter, maps, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW,
     OVERFLOW_TGID,
 };
 
 use crate::{
-    atomic, counters,
+    atomic,
     kernel::{off, read, read_ptr, Mem, S_IFMT, S_IFSOCK},
-    proc, udp_dest,
+    proc,
+    slots::slot_of,
+    udp_dest,
 };
 
 #[map(name = "SEND_STATS")]
 static SEND_STATS: PerCpuHashMap<SendKey, SendCounters> =
     PerCpuHashMap::with_max_entries(maps::DEFAULT_MAX_DESTS, 0);
+
+#[map(name = "SEND_SPILL")]
+static SEND_SPILL: LruPerCpuHashMap<SendKey, SendCounters> =
+    LruPerCpuHashMap::with_max_entries(maps::send_spill_size(maps::DEFAULT_MAX_PROCS), 0);
 
 /// Counts `bytes` accepted by the socket `sk` (`struct sock *`) for the
 /// current process; `M` says how `sk` may be dereferenced.
@@ -58,26 +67,26 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
         atomic::add(&raw mut (*c).sent_bytes, bytes);
         atomic::add(&raw mut (*c).send_ops, 1);
     }
-    let slot = match SEND_STATS.get_ptr_mut(key) {
-        Some(slot) => slot,
+    let slot = match slot_of!(
+        SEND_STATS,
+        SEND_SPILL,
+        key,
+        SendCounters::default(),
+        counter::SEND_MAP_FULL
+    ) {
+        Some((slot, _)) => slot,
         None => {
-            let _ = SEND_STATS.insert(key, SendCounters::default(), BPF_NOEXIST as u64);
-            match SEND_STATS.get_ptr_mut(key) {
-                Some(slot) => slot,
-                None => {
-                    // Full: the reserved entry keeps the bytes (destination unknown).
-                    counters::bump(counter::SEND_MAP_FULL);
-                    let overflow = SendKey {
-                        tgid: OVERFLOW_TGID,
-                        family: FAMILY_OVERFLOW,
-                        port: 0,
-                        addr: [0; 16],
-                    };
-                    SEND_STATS
-                        .get_ptr_mut(overflow)
-                        .ok_or(counter::SEND_MAP_FULL)?
-                }
-            }
+            // No slot at all: the reserved entry keeps the bytes
+            // (destination unknown).
+            let overflow = SendKey {
+                tgid: OVERFLOW_TGID,
+                family: FAMILY_OVERFLOW,
+                port: 0,
+                addr: [0; 16],
+            };
+            SEND_STATS
+                .get_ptr_mut(overflow)
+                .ok_or(counter::SEND_MAP_FULL)?
         }
     };
     // SAFETY: as above.

@@ -159,6 +159,9 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         for alert in &out.alerts {
             sinks.emit(alert);
         }
+        for line in out.notices.drain(..) {
+            sinks.emit_line(line);
+        }
         trail.after_poll(&mut out, &sensor, &pipeline.metrics, &mut sinks);
         publisher.publish(&out);
         pipeline.metrics.poll_done(poll_start.elapsed());

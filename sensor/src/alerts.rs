@@ -149,6 +149,14 @@ impl TamperAlertJson {
         }
     }
 
+    /// Detection may be blind: map pressure lost detail the rules need.
+    pub fn blind(detail: String, host: &str, now: SystemTime) -> Self {
+        Self {
+            rule: "sensor_blind",
+            ..Self::new("map_pressure", detail, host, now)
+        }
+    }
+
     pub fn to_line(&self) -> String {
         serde_json::to_string(self)
             .unwrap_or_else(|e| format!("{{\"error\":\"serializing alert: {e}\"}}"))

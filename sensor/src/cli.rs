@@ -127,6 +127,11 @@ pub struct RunArgs {
     /// Processes the kernel maps can hold at once.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_processes: Option<String>,
+    /// Seconds without activity after which a live process's (or a
+    /// destination's) map entries are removed (default: twice the window
+    /// plus 60 s).
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub prune_idle_secs: Option<String>,
     /// The local socket `sensor tail` attaches to (root only).
     #[arg(long, value_name = "PATH")]
     pub tail_socket: Option<PathBuf>,

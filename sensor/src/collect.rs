@@ -142,15 +142,53 @@ pub struct Collector {
     mmap_counted: HashMap<MmapKey, u64>,
     /// Mappings a sample has seen in place.
     mmap_seen: HashSet<MmapKey>,
+    /// Polls so far.
+    polls: u64,
+    /// The poll at which each entry last grew (for pruning idle ones).
+    proc_active: HashMap<u32, u64>,
+    send_active: HashMap<SendKey, u64>,
+    file_active: HashMap<FileKey, u64>,
+    /// Per process: sent bytes (its own total) minus the bytes its
+    /// destination entries accounted for. Positive after a destination
+    /// entry was evicted or had no room: those bytes went somewhere the
+    /// sensor cannot name.
+    send_balance: HashMap<u32, i64>,
+    /// New mapping records the kernel made minus those a poll saw: what is
+    /// left was evicted unseen (the counter is read before the map).
+    mmap_unseen: i64,
+    /// Until which poll a process's positive balance is reported: one of
+    /// its destination entries was lost recently (key `OVERFLOW_TGID`: the
+    /// reserved entry took bytes, whose sender is not known).
+    send_lossy: HashMap<u32, u64>,
+    /// Entries of live processes that have not grown for this many polls
+    /// are removed from the kernel maps (0: never), so a flood's entries
+    /// do not stay once it stops.
+    pub prune_after: u64,
 }
 
+/// How often (in polls) idle entries are looked for.
+const PRUNE_EVERY: u64 = 8;
+/// For how many polls after losing a destination entry a process's
+/// unattributed sent bytes are reported.
+const LOSSY_POLLS: u64 = 4;
+
 impl Collector {
+    pub fn new(prune_after: u64) -> Self {
+        Self {
+            prune_after,
+            ..Self::default()
+        }
+    }
+
     /// Turns a snapshot into deltas. `alive(tgid)` is asked only for
     /// processes the kernel has no identity for (their exit is unmarked).
     pub fn ingest(&mut self, snap: Snapshot, alive: impl Fn(u32) -> bool) -> Poll {
+        self.polls += 1;
+        let poll_no = self.polls;
         let mut infos: HashMap<u32, ProcInfo> = snap.infos.into_iter().collect();
         let late: HashMap<u32, ProcInfo> = snap.late_infos.into_iter().collect();
         let mut poll = Poll::default();
+        let mut evicted = [0u64; counter::COUNT as usize];
         let mut gone: HashSet<u32> = HashSet::new();
         for (tgid, _) in &snap.counters {
             let exited = match (infos.get(tgid), late.contains_key(tgid)) {
@@ -168,7 +206,78 @@ impl Collector {
                 gone.insert(*tgid);
             }
         }
+        // Entries that left the maps without us removing them: evicted
+        // from a spill (LRU). Their last bytes are lost; counted.
+        let present: HashSet<u32> = snap.counters.iter().map(|(t, _)| *t).collect();
+        let vanished: Vec<u32> = self
+            .last_proc
+            .keys()
+            .filter(|t| !present.contains(t))
+            .copied()
+            .collect();
+        for tgid in &vanished {
+            let tgid = *tgid;
+            self.last_proc.remove(&tgid);
+            self.proc_active.remove(&tgid);
+            self.send_balance.remove(&tgid);
+            evicted[counter::PROC_EVICTED as usize] += 1;
+        }
+        // An identity whose counters are gone before any poll saw them: the
+        // kernel writes counters first, then the identity, and the
+        // identities are read first, so its counters were evicted. Its
+        // identity is removed with it.
+        let mut orphans: Vec<u32> = infos
+            .keys()
+            .filter(|t| {
+                **t != OVERFLOW_TGID
+                    && !present.contains(t)
+                    && !gone.contains(t)
+                    && !vanished.contains(t)
+            })
+            .copied()
+            .collect();
+        evicted[counter::PROC_EVICTED as usize] += orphans.len() as u64;
+        for tgid in &orphans {
+            infos.remove(tgid);
+        }
+        let send_present: HashSet<SendKey> = snap.sends.iter().map(|(k, _)| *k).collect();
+        let send_vanished: Vec<SendKey> = self
+            .last_send
+            .keys()
+            .filter(|k| !send_present.contains(k))
+            .copied()
+            .collect();
+        for key in send_vanished {
+            self.last_send.remove(&key);
+            self.send_active.remove(&key);
+            self.send_lossy.insert(key.tgid, poll_no + LOSSY_POLLS);
+            evicted[counter::SEND_EVICTED as usize] += 1;
+        }
+        let newly_seen = snap
+            .mmaps
+            .iter()
+            .filter(|(k, _)| !self.mmap_counted.contains_key(k))
+            .count() as i64;
+        let recorded = snap.lost[counter::MMAP_RECORDED as usize]
+            .saturating_sub(self.last_lost[counter::MMAP_RECORDED as usize]);
+        self.mmap_unseen += recorded as i64 - newly_seen;
+        if self.mmap_unseen > 0 {
+            evicted[counter::MMAP_EVICTED as usize] += self.mmap_unseen as u64;
+            self.mmap_unseen = 0;
+        }
         let mut mmap_bytes = self.ingest_mmaps(&snap.mmaps, &snap.resident, &gone, &mut poll);
+        let mmap_present: HashSet<MmapKey> = snap.mmaps.iter().map(|(k, _)| *k).collect();
+        let mmap_vanished: Vec<MmapKey> = self
+            .mmap_counted
+            .keys()
+            .filter(|k| !mmap_present.contains(k))
+            .copied()
+            .collect();
+        for key in mmap_vanished {
+            self.mmap_counted.remove(&key);
+            self.mmap_seen.remove(&key);
+            evicted[counter::MMAP_EVICTED as usize] += 1;
+        }
         for (tgid, info) in late {
             infos.entry(tgid).or_insert(info);
         }
@@ -176,7 +285,13 @@ impl Collector {
         for (tgid, now) in snap.counters {
             let info = infos.get(&tgid);
             let exited = gone.contains(&tgid);
-            let before = self.last_proc.get(&tgid).copied().unwrap_or_default();
+            let mut before = self.last_proc.get(&tgid).copied().unwrap_or_default();
+            if before.born_ns != 0 && now.born_ns != before.born_ns {
+                // Evicted and made again between two polls: a new count.
+                before = ProcCounters::default();
+                self.send_balance.remove(&tgid);
+                evicted[counter::PROC_EVICTED as usize] += 1;
+            }
             let mapped = mmap_bytes.remove(&tgid).unwrap_or(0);
             let delta = ProcDelta {
                 tgid,
@@ -195,11 +310,19 @@ impl Collector {
             };
             if exited {
                 self.last_proc.remove(&tgid);
+                self.proc_active.remove(&tgid);
             } else {
                 self.last_proc.insert(tgid, now);
                 poll.tracked += 1;
+                if delta.read_bytes + delta.sent_bytes > 0 || !self.proc_active.contains_key(&tgid)
+                {
+                    self.proc_active.insert(tgid, poll_no);
+                }
             }
             if exited || delta.read_bytes + delta.sent_bytes > 0 {
+                if tgid != OVERFLOW_TGID && delta.sent_bytes > 0 {
+                    *self.send_balance.entry(tgid).or_default() += delta.sent_bytes as i64;
+                }
                 poll.identities
                     .insert(tgid, Identity::from_info(tgid, info));
                 poll.procs.push(delta);
@@ -208,6 +331,12 @@ impl Collector {
 
         for (key, now) in snap.sends {
             let gone_now = gone.contains(&key.tgid);
+            if self.last_send.get(&key).is_some_and(|b| now.bytes < *b) {
+                // Evicted and made again: counting restarted.
+                self.last_send.remove(&key);
+                self.send_lossy.insert(key.tgid, poll_no + LOSSY_POLLS);
+                evicted[counter::SEND_EVICTED as usize] += 1;
+            }
             let bytes = advance(
                 &mut self.last_send,
                 key,
@@ -215,6 +344,17 @@ impl Collector {
                 gone_now,
                 &mut poll.forget_sends,
             );
+            if gone_now {
+                self.send_active.remove(&key);
+            } else if bytes > 0 || !self.send_active.contains_key(&key) {
+                self.send_active.insert(key, poll_no);
+            }
+            if let Some(b) = self.send_balance.get_mut(&key.tgid) {
+                *b -= bytes as i64;
+            }
+            if key.tgid == OVERFLOW_TGID && bytes > 0 {
+                self.send_lossy.insert(OVERFLOW_TGID, poll_no + LOSSY_POLLS);
+            }
             let endpoint = Endpoint::from_kernel(key.family, key.addr, key.port);
             if let (true, Some(endpoint)) = (bytes > 0, endpoint) {
                 poll.sends.push(SendDelta {
@@ -233,6 +373,11 @@ impl Collector {
                 gone_now,
                 &mut poll.forget_files,
             );
+            if gone_now {
+                self.file_active.remove(&key);
+            } else if bytes > 0 || !self.file_active.contains_key(&key) {
+                self.file_active.insert(key, poll_no);
+            }
             if bytes > 0 {
                 let inode = InodeKey {
                     dev: key.dev,
@@ -247,12 +392,100 @@ impl Collector {
             }
         }
         for (i, now) in snap.lost.iter().enumerate() {
-            poll.lost[i] = now.saturating_sub(self.last_lost[i]);
+            poll.lost[i] = now.saturating_sub(self.last_lost[i]) + evicted[i];
             self.last_lost[i] = *now;
         }
+        self.attribute_lost_sends(&mut poll, &gone);
+        for tgid in &gone {
+            self.send_balance.remove(tgid);
+        }
         poll.forget_tgids = gone.into_iter().collect();
+        poll.forget_tgids.append(&mut orphans);
+        if self.prune_after > 0 && poll_no.is_multiple_of(PRUNE_EVERY) {
+            self.prune(&mut poll);
+        }
         poll.forget_tgids.sort_unstable();
+        poll.forget_tgids.dedup();
         poll
+    }
+
+    /// Sent bytes whose destination entry was evicted or never got room are
+    /// still in the process's own total: while entries are being lost, the
+    /// difference is reported as sent to an unknown destination (which the
+    /// rules judge untrusted), so pressure on the destination maps cannot
+    /// hide a sender.
+    fn attribute_lost_sends(&mut self, poll: &mut Poll, gone: &HashSet<u32>) {
+        let polls = self.polls;
+        if poll.lost[counter::SEND_MAP_FULL as usize] > 0 {
+            // Destinations spilled: some may have been evicted before any
+            // poll saw them, whoever sent them.
+            self.send_lossy.insert(OVERFLOW_TGID, polls + LOSSY_POLLS);
+        }
+        self.send_lossy.retain(|_, until| *until >= polls);
+        if self.send_lossy.is_empty() {
+            // No loss: a balance is bytes in flight between the two map
+            // reads, and evens out by itself.
+            return;
+        }
+        let anyone = self.send_lossy.contains_key(&OVERFLOW_TGID);
+        for (tgid, balance) in self.send_balance.iter_mut() {
+            let lossy = anyone || self.send_lossy.contains_key(tgid);
+            if lossy && *balance > 0 && (poll.identities.contains_key(tgid) || gone.contains(tgid))
+            {
+                poll.sends.push(SendDelta {
+                    tgid: *tgid,
+                    endpoint: Endpoint::Unknown,
+                    bytes: *balance as u64,
+                });
+                *balance = 0;
+            }
+        }
+    }
+
+    /// Queues entries of live processes idle for `prune_after` polls for
+    /// removal: the process, its destinations and files; and destinations
+    /// and files idle that long on their own.
+    fn prune(&mut self, poll: &mut Poll) {
+        let cutoff = self.polls.saturating_sub(self.prune_after);
+        let idle: Vec<u32> = self
+            .proc_active
+            .iter()
+            .filter(|(t, at)| **t != OVERFLOW_TGID && **at <= cutoff)
+            .map(|(t, _)| *t)
+            .collect();
+        let idle_set: HashSet<u32> = idle.iter().copied().collect();
+        for tgid in &idle {
+            self.last_proc.remove(tgid);
+            self.proc_active.remove(tgid);
+            self.send_balance.remove(tgid);
+        }
+        poll.forget_tgids.extend(idle);
+        let sends: Vec<SendKey> = self
+            .send_active
+            .iter()
+            .filter(|(k, at)| {
+                k.tgid != OVERFLOW_TGID && (**at <= cutoff || idle_set.contains(&k.tgid))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &sends {
+            self.send_active.remove(k);
+            // Its bytes stay accounted: the next entry for this key counts
+            // from zero.
+            self.last_send.remove(k);
+        }
+        poll.forget_sends.extend(sends);
+        let files: Vec<FileKey> = self
+            .file_active
+            .iter()
+            .filter(|(k, at)| **at <= cutoff || idle_set.contains(&k.tgid))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &files {
+            self.file_active.remove(k);
+            self.last_file.remove(k);
+        }
+        poll.forget_files.extend(files);
     }
 
     /// Bytes obtained through mappings of watched files since the previous
@@ -581,5 +814,114 @@ mod tests {
     fn comm_is_cut_at_nul_and_lossy() {
         assert_eq!(comm_string(b"ab\0cd"), "ab");
         assert_eq!(comm_string(&[0x66, 0xff, 0x67]), "f\u{fffd}g");
+    }
+
+    fn born(c: ProcCounters, born_ns: u64) -> ProcCounters {
+        ProcCounters { born_ns, ..c }
+    }
+
+    #[test]
+    fn an_evicted_process_is_counted_and_a_remade_entry_counts_anew() {
+        let mut c = Collector::default();
+        let snap = |procs: Vec<(u32, ProcCounters)>| Snapshot {
+            infos: procs.iter().map(|(t, _)| info(*t, "w", 0)).collect(),
+            counters: procs,
+            ..Default::default()
+        };
+        c.ingest(
+            snap(vec![
+                (10, born(counters(100, 0, 0), 1)),
+                (11, born(counters(5, 0, 0), 2)),
+            ]),
+            |_| true,
+        );
+        // 11 left the spill while alive; 10's entry was evicted and made again.
+        let p = c.ingest(snap(vec![(10, born(counters(30, 0, 0), 9))]), |_| true);
+        assert_eq!(p.lost[counter::PROC_EVICTED as usize], 2);
+        assert_eq!(p.procs[0].read_bytes, 30, "a new entry counts from zero");
+        // An identity whose counters were evicted before any poll saw them.
+        let p = c.ingest(
+            Snapshot {
+                counters: vec![(10, born(counters(30, 0, 0), 9))],
+                infos: vec![info(10, "w", 0), info(12, "x", 0)],
+                ..Default::default()
+            },
+            |_| true,
+        );
+        assert_eq!(p.lost[counter::PROC_EVICTED as usize], 1);
+        assert!(p.forget_tgids.contains(&12), "its identity is removed");
+    }
+
+    #[test]
+    fn sent_bytes_of_lost_destinations_go_to_an_unknown_destination() {
+        let mut c = Collector::default();
+        let snap = |sent: u64, dests: Vec<(SendKey, SendCounters)>, full: u64| {
+            let mut lost = [0; counter::COUNT as usize];
+            lost[counter::SEND_MAP_FULL as usize] = full;
+            Snapshot {
+                counters: vec![(10, born(counters(0, 0, sent), 1))],
+                infos: vec![info(10, "w", 0)],
+                sends: dests,
+                lost,
+                ..Default::default()
+            }
+        };
+        // No loss: nothing unknown, even with bytes in flight between reads.
+        let p = c.ingest(snap(100, vec![send(10, 90)], 0), |_| true);
+        assert!(p.sends.iter().all(|s| s.endpoint != Endpoint::Unknown));
+        // The destination map spilled and 10's entry went unseen: its own
+        // total (1000) is 310 more than its entries account for.
+        let p = c.ingest(snap(1000, vec![send(10, 690)], 5), |_| true);
+        let unknown: u64 = p
+            .sends
+            .iter()
+            .filter(|s| s.endpoint == Endpoint::Unknown)
+            .map(|s| s.bytes)
+            .sum();
+        let named: u64 = p
+            .sends
+            .iter()
+            .filter(|s| s.endpoint != Endpoint::Unknown)
+            .map(|s| s.bytes)
+            .sum();
+        assert_eq!(named, 600);
+        assert_eq!(
+            named + unknown + 90,
+            1000,
+            "every sent byte has a destination"
+        );
+    }
+
+    #[test]
+    fn idle_entries_of_live_processes_are_pruned() {
+        let mut c = Collector::new(10);
+        let mut forgot = Vec::new();
+        for i in 0..40u64 {
+            let read = if i < 3 { 100 * (i + 1) } else { 300 };
+            let p = c.ingest(
+                Snapshot {
+                    counters: vec![
+                        (10, born(counters(read, 0, 5), 1)),
+                        (20, born(counters(i, 0, 0), 2)),
+                    ],
+                    infos: vec![info(10, "idle", 0), info(20, "busy", 0)],
+                    sends: vec![send(10, 5)],
+                    ..Default::default()
+                },
+                |_| true,
+            );
+            if p.forget_tgids.contains(&10) {
+                forgot.push(i);
+                assert!(p.forget_sends.iter().all(|k| k.tgid == 10));
+                assert!(!p.forget_sends.is_empty());
+                break;
+            }
+            assert!(!p.forget_tgids.contains(&20), "a busy process stays");
+        }
+        assert_eq!(forgot.len(), 1, "the idle process was pruned");
+        assert!(
+            forgot[0] >= 12,
+            "not before it was idle for 10 polls: {forgot:?}"
+        );
     }
 }

@@ -135,6 +135,9 @@ pub struct Config {
     pub poll_interval: Duration,
     pub max_comm_labels: usize,
     pub max_processes: u32,
+    /// Idle map entries are removed after this long; `None`: twice the
+    /// window plus 60 s.
+    pub prune_idle: Option<Duration>,
     pub tail_socket: PathBuf,
     pub pods_dir: PathBuf,
     pub btf_path: PathBuf,
@@ -171,6 +174,7 @@ impl Default for Config {
             poll_interval: Duration::from_millis(1000),
             max_comm_labels: 256,
             max_processes: sensor_common::maps::DEFAULT_MAX_PROCS,
+            prune_idle: None,
             tail_socket: PathBuf::from(crate::tail::server::DEFAULT_SOCKET),
             pods_dir: PathBuf::from(crate::pods::DEFAULT_PODS_DIR),
             btf_path: PathBuf::from(crate::offsets::VMLINUX_BTF),
@@ -217,6 +221,7 @@ struct FileConfig {
     poll_interval_ms: Option<Scalar>,
     max_comm_labels: Option<Scalar>,
     max_processes: Option<Scalar>,
+    prune_idle_secs: Option<Scalar>,
     tail_socket: Option<PathBuf>,
     pods_dir: Option<PathBuf>,
     btf_path: Option<PathBuf>,
@@ -305,6 +310,10 @@ impl Config {
         if let Some(v) = text(&args.poll_interval_ms, &file.poll_interval_ms) {
             let ms = parse_count("poll-interval-ms", &v, 10, 60_000)?;
             cfg.poll_interval = Duration::from_millis(ms);
+        }
+        if let Some(v) = text(&args.prune_idle_secs, &file.prune_idle_secs) {
+            let secs = parse_count("prune-idle-secs", &v, 1, 7 * 86_400)?;
+            cfg.prune_idle = Some(Duration::from_secs(secs));
         }
         if let Some(v) = text(&args.max_comm_labels, &file.max_comm_labels) {
             cfg.max_comm_labels = parse_count("max-comm-labels", &v, 1, 100_000)? as usize;
@@ -841,7 +850,7 @@ mod tests {
                 key in prop::sample::select(vec![
                     "watch", "metrics-addr", "trusted-cidr", "alerts-file", "alertmanager-url", "window",
                     "min-read-bytes", "min-send-bytes", "min-send-ratio", "poll-interval-ms",
-                    "max-comm-labels", "max-processes", "tail-socket", "pods-dir", "btf-path",
+                    "max-comm-labels", "max-processes", "prune-idle-secs", "tail-socket", "pods-dir", "btf-path",
                     "audit-log", "audit-interval", "audit-max-bytes", "audit-max-files",
                     "audit-fsync-secs", "audit-key-file", "audit-max-records-per-process",
                     "alertmanager-ca-file", "alertmanager-bearer-token-file",

@@ -261,24 +261,29 @@ impl Sensor {
         Ok(())
     }
 
+    /// Per-process counters, from `PROC_STATS` and its spill (a tgid is in
+    /// one of them; summed if a race put it in both).
     pub fn read_counters(&self) -> anyhow::Result<Vec<(u32, ProcCounters)>> {
-        let map: PerCpuHashMap<&MapData, u32, ProcCounters> =
-            PerCpuHashMap::try_from(map(&self.ebpf, names::PROC_STATS)?)?;
-        let mut out = Vec::new();
-        for entry in map.iter() {
-            let Ok((tgid, per_cpu)) = entry else { continue };
-            let mut sum = ProcCounters::default();
-            for c in per_cpu.iter() {
-                sum.read_bytes += c.read_bytes;
-                sum.read_ops += c.read_ops;
-                sum.watched_read_bytes += c.watched_read_bytes;
-                sum.watched_read_ops += c.watched_read_ops;
-                sum.sent_bytes += c.sent_bytes;
-                sum.send_ops += c.send_ops;
+        let mut out: std::collections::HashMap<u32, ProcCounters> =
+            std::collections::HashMap::new();
+        for name in [names::PROC_STATS, names::PROC_SPILL] {
+            let map: PerCpuHashMap<&MapData, u32, ProcCounters> =
+                PerCpuHashMap::try_from(map(&self.ebpf, name)?)?;
+            for entry in map.iter() {
+                let Ok((tgid, per_cpu)) = entry else { continue };
+                let sum = out.entry(tgid).or_default();
+                for c in per_cpu.iter() {
+                    sum.read_bytes += c.read_bytes;
+                    sum.read_ops += c.read_ops;
+                    sum.watched_read_bytes += c.watched_read_bytes;
+                    sum.watched_read_ops += c.watched_read_ops;
+                    sum.sent_bytes += c.sent_bytes;
+                    sum.send_ops += c.send_ops;
+                    sum.born_ns = sum.born_ns.max(c.born_ns);
+                }
             }
-            out.push((tgid, sum));
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     pub fn read_infos(&self) -> anyhow::Result<Vec<(u32, ProcInfo)>> {
@@ -287,21 +292,23 @@ impl Sensor {
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
+    /// Bytes per (process, destination), from `SEND_STATS` and its spill.
     pub fn read_sends(&self) -> anyhow::Result<Vec<(SendKey, SendCounters)>> {
-        let map: PerCpuHashMap<&MapData, SendKey, SendCounters> =
-            PerCpuHashMap::try_from(map(&self.ebpf, names::SEND_STATS)?)?;
-        let mut out = Vec::new();
-        for entry in map.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
-            let sum = per_cpu
-                .iter()
-                .fold(SendCounters::default(), |a, c| SendCounters {
-                    bytes: a.bytes + c.bytes,
-                    ops: a.ops + c.ops,
-                });
-            out.push((key, sum));
+        let mut out: std::collections::HashMap<SendKey, SendCounters> =
+            std::collections::HashMap::new();
+        for name in [names::SEND_STATS, names::SEND_SPILL] {
+            let map: PerCpuHashMap<&MapData, SendKey, SendCounters> =
+                PerCpuHashMap::try_from(map(&self.ebpf, name)?)?;
+            for entry in map.iter() {
+                let Ok((key, per_cpu)) = entry else { continue };
+                let sum = out.entry(key).or_default();
+                for c in per_cpu.iter() {
+                    sum.bytes += c.bytes;
+                    sum.ops += c.ops;
+                }
+            }
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     pub fn read_files(&self) -> anyhow::Result<Vec<(FileKey, u64)>> {
@@ -359,7 +366,8 @@ impl Sensor {
             .sum()
     }
 
-    /// Removes exited processes (and their destinations and files) from the maps.
+    /// Removes exited (or long idle) processes, destinations, files and
+    /// mappings from the maps, spills included.
     pub fn forget(
         &mut self,
         tgids: &[u32],
@@ -369,8 +377,10 @@ impl Sensor {
     ) -> anyhow::Result<()> {
         let ebpf = &mut self.ebpf;
         remove_per_cpu::<u32, ProcCounters>(ebpf, names::PROC_STATS, tgids)?;
+        remove_per_cpu::<u32, ProcCounters>(ebpf, names::PROC_SPILL, tgids)?;
         remove::<u32, ProcInfo>(ebpf, names::PROC_INFO, tgids)?;
         remove_per_cpu::<SendKey, SendCounters>(ebpf, names::SEND_STATS, sends)?;
+        remove_per_cpu::<SendKey, SendCounters>(ebpf, names::SEND_SPILL, sends)?;
         remove_per_cpu::<FileKey, u64>(ebpf, names::FILE_STATS, files)?;
         remove::<u32, ExecInfo>(ebpf, names::EXEC_INFO, tgids)?;
         remove::<MmapKey, MmapInfo>(ebpf, names::WATCHED_MMAPS, mmaps)
@@ -425,9 +435,14 @@ fn open(opts: &LoadOptions) -> anyhow::Result<(Ebpf, offsets::Resolved)> {
         .override_global(names::OFFSETS_GLOBAL, &resolved.offsets, true)
         // One more each for the overflow entries.
         .map_max_entries(names::PROC_STATS, procs + 1)
-        .map_max_entries(names::PROC_INFO, procs)
+        .map_max_entries(names::PROC_SPILL, names::proc_spill_size(procs))
+        .map_max_entries(
+            names::PROC_INFO,
+            procs.saturating_add(names::proc_spill_size(procs)),
+        )
         .map_max_entries(names::FILE_STATS, procs)
         .map_max_entries(names::SEND_STATS, procs.saturating_mul(2) + 1)
+        .map_max_entries(names::SEND_SPILL, names::send_spill_size(procs))
         .map_max_entries(names::WATCHED_MMAPS, procs)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (maps)")?;

@@ -3,6 +3,7 @@
 mod agent;
 mod alerts;
 mod audit;
+mod blind;
 mod check;
 mod cli;
 mod collect;

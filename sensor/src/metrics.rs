@@ -45,6 +45,8 @@ pub struct Metrics {
     pub audit_errors: prometheus::IntCounter,
     pub audit_chain_head: IntGaugeVec,
     pub audit_folded: prometheus::IntCounter,
+    /// Entries in each counting map after the last poll.
+    pub map_entries: IntGaugeVec,
     comms: LabelFolder,
 }
 
@@ -184,6 +186,14 @@ impl Metrics {
             "Files folded into one summary audit record because a process passed audit-max-records-per-process in an interval.",
         )?;
         registry.register(Box::new(audit_folded.clone()))?;
+        let map_entries = IntGaugeVec::new(
+            Opts::new(
+                "sensor_map_entries",
+                "Entries in the kernel's counting maps after the last poll (spill maps included).",
+            ),
+            &["map"],
+        )?;
+        registry.register(Box::new(map_entries.clone()))?;
         Ok(Self {
             registry,
             file_read,
@@ -207,6 +217,7 @@ impl Metrics {
             audit_errors,
             audit_chain_head,
             audit_folded,
+            map_entries,
             comms: LabelFolder::new(max_comm_labels),
         })
     }
@@ -274,7 +285,7 @@ impl Metrics {
                 .with_label_values(&[&comm, &container, class.as_str()])
                 .inc_by(s.bytes);
         }
-        for (i, n) in poll.lost.iter().enumerate() {
+        for (i, n) in poll.lost.iter().enumerate().take(counter::REASONS.len()) {
             if *n > 0 {
                 self.lost
                     .with_label_values(&[counter::REASONS[i]])

@@ -8,8 +8,9 @@ use std::{
 };
 
 use crate::{
-    alerts::{rfc3339, AlertJson, Context},
+    alerts::{rfc3339, AlertJson, Context, TamperAlertJson},
     audit::{Access, AuditPoll, Destination},
+    blind::BlindWatch,
     collect::{Collector, Poll, Snapshot},
     config::Config,
     container::CgroupResolver,
@@ -33,6 +34,8 @@ pub struct PollOutput {
     pub alerts: Vec<AlertJson>,
     /// Watched reads and sends for the audit log (when it is on).
     pub audit: Option<AuditPoll>,
+    /// Agent alerts as JSON lines (`sensor_blind`).
+    pub notices: Vec<String>,
 }
 
 pub struct Pipeline {
@@ -48,12 +51,13 @@ pub struct Pipeline {
     host: String,
     started: Instant,
     audit: bool,
+    blind: BlindWatch,
 }
 
 impl Pipeline {
     pub fn new(cfg: &Config, watch: &WatchSet, metrics: Metrics) -> Self {
         Self {
-            collector: Collector::default(),
+            collector: Collector::new(prune_after_polls(cfg)),
             metrics,
             containers: CgroupResolver::new(),
             classifier: Classifier::new(cfg.trusted_cidr.clone()),
@@ -65,6 +69,7 @@ impl Pipeline {
             host: sysinfo::hostname(),
             started: Instant::now(),
             audit: cfg.audit.is_some(),
+            blind: BlindWatch::new(cfg.detect.window),
         }
     }
 
@@ -73,6 +78,9 @@ impl Pipeline {
         // Identities first: a process seen exited here did all its I/O
         // before the counters below are read, so forgetting it after this
         // poll loses nothing (the other order would drop its last bytes).
+        // The kernel's own counters first: a mapping record counted there
+        // is in the map read after it, unless it was evicted.
+        let lost = sensor.read_lost()?;
         let infos = sensor.read_infos()?;
         let mmaps = sensor.read_mmaps()?;
         let counters = sensor.read_counters()?;
@@ -90,9 +98,28 @@ impl Pipeline {
             files: sensor.read_files()?,
             resident: self.sampler.sample_all(&mmaps),
             mmaps,
-            lost: sensor.read_lost()?,
+            lost,
         };
+        for (map, n) in [
+            ("processes", snapshot.counters.len()),
+            ("identities", snapshot.infos.len()),
+            ("destinations", snapshot.sends.len()),
+            ("files", snapshot.files.len()),
+            ("mappings", snapshot.mmaps.len()),
+        ] {
+            self.metrics
+                .map_entries
+                .with_label_values(&[map])
+                .set(n as i64);
+        }
         let poll = self.collector.ingest(snapshot, sysinfo::process_exists);
+        let mut out_notices = Vec::new();
+        if let Some(detail) = self.blind.check(&poll, self.started.elapsed()) {
+            tracing::warn!(%detail, "detection may be blind");
+            self.metrics.count_alert("sensor_blind", "", "");
+            out_notices
+                .push(TamperAlertJson::blind(detail, &self.host, SystemTime::now()).to_line());
+        }
         self.metrics
             .record(&poll, &mut self.containers, &self.classifier);
         let activity = self.activity(&poll, sensor);
@@ -100,6 +127,7 @@ impl Pipeline {
             records: self.records(&poll),
             alerts: Vec::new(),
             audit: self.audit.then(|| self.audit_poll(&activity)),
+            notices: out_notices,
         };
         let now = self.started.elapsed().as_secs();
         for alert in self.detector.observe(now, &activity) {
@@ -136,7 +164,11 @@ impl Pipeline {
             .evicted
             .saturating_sub(self.metrics.detector_evicted.get());
         self.metrics.detector_evicted.inc_by(evicted);
-        if !poll.forget_tgids.is_empty() || !poll.forget_mmaps.is_empty() {
+        if !poll.forget_tgids.is_empty()
+            || !poll.forget_mmaps.is_empty()
+            || !poll.forget_sends.is_empty()
+            || !poll.forget_files.is_empty()
+        {
             sensor.forget(
                 &poll.forget_tgids,
                 &poll.forget_sends,
@@ -288,6 +320,18 @@ impl Pipeline {
         }
         activity
     }
+}
+
+/// Entries of live processes idle this long leave the kernel maps
+/// (`prune-idle-secs`; by default twice the detection window and a minute:
+/// a process idle that long has nothing left in any window; if it moves
+/// bytes again it is counted anew).
+fn prune_after_polls(cfg: &Config) -> u64 {
+    let idle = cfg
+        .prune_idle
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(cfg.detect.window.as_secs_f64() * 2.0 + 60.0);
+    (idle / cfg.poll_interval.as_secs_f64().max(0.001)).ceil() as u64
 }
 
 /// The activity entry of `tgid`, created with its identity and container.

@@ -310,8 +310,7 @@ fn the_image_runs_as_the_daemonset_runs_it_counts_and_alerts() {
         if m.sum(
             "sensor_socket_send_bytes_total",
             &[("comm", "ct-exfil"), ("destination", "untrusted")],
-        ) as u64
-            >= sent
+        ) >= sent
         {
             break m;
         }
@@ -327,7 +326,7 @@ fn the_image_runs_as_the_daemonset_runs_it_counts_and_alerts() {
         m.sum(
             "sensor_file_read_bytes_total",
             &[("comm", "ct-exfil"), ("watched", "true")],
-        ) as u64,
+        ),
         read,
         1.0,
     );
@@ -336,7 +335,7 @@ fn the_image_runs_as_the_daemonset_runs_it_counts_and_alerts() {
         m.sum(
             "sensor_socket_send_bytes_total",
             &[("comm", "ct-exfil"), ("destination", "untrusted")],
-        ) as u64,
+        ),
         sent,
         1.0,
     );

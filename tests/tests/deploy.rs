@@ -502,7 +502,7 @@ fn sensor_run_under_the_daemonset_capability_set_counts_and_alerts() {
         m.sum(
             "sensor_file_read_bytes_total",
             &[("comm", "dp-caps"), ("watched", "true")],
-        ) as u64,
+        ),
         read,
         1.0,
     );
@@ -511,7 +511,7 @@ fn sensor_run_under_the_daemonset_capability_set_counts_and_alerts() {
         m.sum(
             "sensor_socket_send_bytes_total",
             &[("comm", "dp-caps"), ("destination", "untrusted")],
-        ) as u64,
+        ),
         sent,
         1.0,
     );

@@ -6,6 +6,7 @@ mod abuse;
 mod exfil;
 mod files;
 mod net;
+mod pressure;
 mod uring;
 
 use std::collections::HashMap;
@@ -107,7 +108,10 @@ fn main() {
         "spray" => abuse::spray(&args),
         "mmap-many" => abuse::mmap_many(&args),
         "fds" => abuse::fds(&args),
-        _ => die("usage: read|mmap|mmap-churn|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay|loopback-chatter|spray|mmap-many|fds --key value ..."),
+        "udp-spray" => pressure::udp_spray(&args),
+        "idle-readers" => pressure::idle_readers(&args),
+        "mmap-hold" => pressure::mmap_hold(&args),
+        _ => die("usage: read|mmap|mmap-churn|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay|loopback-chatter|spray|mmap-many|fds|udp-spray|idle-readers|mmap-hold --key value ..."),
     };
     if let Err(e) = result {
         die(&format!("{cmd}: {e}"));
