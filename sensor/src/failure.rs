@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::{config::ConfigError, watch::WatchError};
+use crate::{config::ConfigError, kernel::watch::WatchError};
 
 #[derive(Debug)]
 pub enum Failure {

@@ -1,36 +1,18 @@
 //! `sensor`: the agent and its command line.
 
-mod agent;
 mod alerts;
 mod audit;
-mod blind;
-mod check;
 mod cli;
+mod cmd;
 mod collect;
 mod config;
-mod container;
-mod destination;
 mod detect;
+mod enrich;
+mod export;
 mod failure;
-mod fdinfo;
-mod http;
-mod labels;
-mod loader;
-mod metrics;
-mod offsets;
-mod paths;
-mod pipeline;
-mod pods;
-mod privilege;
-mod procmeta;
-mod resident;
-mod size;
-mod sysinfo;
+mod kernel;
 mod tail;
-mod tamper;
-mod trail;
-mod watch;
-mod webconfig;
+mod util;
 
 use std::process::ExitCode;
 
@@ -48,9 +30,9 @@ fn main() -> ExitCode {
     };
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => agent::main(*args),
-        Command::Tail(args) => tail::client::main(args),
-        Command::Check(args) => check::main(args),
+        Command::Run(args) => cmd::run::main(*args),
+        Command::Tail(args) => cmd::tail::main(args),
+        Command::Check(args) => cmd::check::main(args),
         Command::Audit(cmd) => audit::main(cmd),
     };
     match result {

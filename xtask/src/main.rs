@@ -2,6 +2,7 @@
 
 mod bench;
 mod image;
+mod imports;
 mod kernels;
 mod setup;
 
@@ -136,6 +137,12 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn lint(root: &Path) -> Result<()> {
     cargo(root, &["+nightly", "fmt", "--all", "--", "--check"])?;
+    // The agent's modules: no import cycle, imports down the data path.
+    let report = imports::check(&root.join("sensor/src"))?;
+    eprintln!(
+        "+ imports: no cycle, down the data path; files per folder {:?}; most imported {} ({} files)",
+        report.files_per_folder, report.most_imported.0, report.most_imported.1
+    );
     cargo(
         root,
         &[

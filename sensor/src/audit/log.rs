@@ -20,8 +20,8 @@ use super::{
     AuditPoll,
 };
 use crate::{
-    alerts::{rfc3339, unix_secs},
     config::AuditConfig,
+    util::time::{rfc3339, unix_secs},
 };
 
 /// A moment on both clocks: the monotonic one times intervals and fsyncs,

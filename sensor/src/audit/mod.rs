@@ -111,7 +111,7 @@ mod tests {
     fn parses_what_rfc3339_writes() {
         for secs in [0u64, 951_782_400, 1_795_712_400, 4_102_444_799] {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-            assert_eq!(parse_rfc3339(&crate::alerts::rfc3339(t)), Some(secs));
+            assert_eq!(parse_rfc3339(&crate::util::time::rfc3339(t)), Some(secs));
         }
         for bad in [
             "",

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use super::{chain, files_of, parse_rfc3339, record::Access};
-use crate::{cli::AuditQueryArgs, failure::Failure, size::format_size as human_bytes};
+use crate::{cli::AuditQueryArgs, failure::Failure, util::size::format_size as human_bytes};
 
 pub fn main(args: &AuditQueryArgs) -> Result<(), Failure> {
     for (flag, value) in [("since", &args.since), ("until", &args.until)] {

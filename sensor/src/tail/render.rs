@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use super::record::ActivityRecord;
-use crate::{alerts::field_text, size::format_size};
+use crate::{alerts::field_text, util::size::format_size};
 
 pub const HEADER: &str = "TIME      PID      COMM             CONTAINER     READ        WATCHED     SENT        UNTRUSTED   TOP DESTINATION";
 

@@ -15,10 +15,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::record::Message;
-use crate::pipeline::PollOutput;
-
-pub const DEFAULT_SOCKET: &str = "/run/sensor/sensor.sock";
+use super::record::{ActivityRecord, Message};
+use crate::alerts::AlertJson;
+pub use crate::config::DEFAULT_SOCKET;
 /// Lines queued for all clients together; a client further behind is dropped.
 const QUEUE: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,20 +62,17 @@ impl Publisher {
         }
     }
 
-    pub fn publish(&self, out: &PollOutput) {
+    /// Sends one poll's activity records and alerts to every client.
+    pub fn publish(&self, records: &[ActivityRecord], alerts: &[AlertJson]) {
         if self.tx.receiver_count() == 0 {
             return;
         }
-        let lines = out
-            .records
-            .iter()
-            .map(|r| Message::Activity(r.clone()))
-            .chain(
-                out.alerts
-                    .iter()
-                    .filter_map(|a| serde_json::to_value(a).ok())
-                    .map(|alert| Message::Alert { alert }),
-            );
+        let lines = records.iter().map(|r| Message::Activity(r.clone())).chain(
+            alerts
+                .iter()
+                .filter_map(|a| serde_json::to_value(a).ok())
+                .map(|alert| Message::Alert { alert }),
+        );
         for m in lines {
             if let Ok(line) = serde_json::to_string(&m) {
                 let _ = self.tx.send(Arc::from(line + "\n"));

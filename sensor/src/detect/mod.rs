@@ -11,6 +11,8 @@
 //! processes (and, for a container, none of its sessions) already did: the
 //! narrowest actor that explains the flow is the one reported.
 
+pub mod blind;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use sensor_common::InodeKey;
@@ -18,7 +20,7 @@ use sensor_common::InodeKey;
 use crate::{
     collect::Identity,
     config::DetectConfig,
-    destination::{DestClass, Endpoint},
+    enrich::destination::{DestClass, Endpoint},
 };
 
 pub const RULE_READ_THEN_SEND: &str = "read_then_send";

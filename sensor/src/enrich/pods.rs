@@ -9,8 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub const DEFAULT_PODS_DIR: &str = "/var/log/pods";
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: String,

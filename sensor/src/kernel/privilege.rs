@@ -16,7 +16,10 @@
 
 use anyhow::{bail, Context as _};
 
-use crate::sysinfo::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE};
+use crate::util::{
+    sysinfo,
+    sysinfo::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE},
+};
 
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SETPCAP: u32 = 8;

@@ -1,9 +1,8 @@
 //! Where sent bytes went: the classes of the `destination` label.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use ipnet::IpNet;
-use sensor_common::{AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW};
+
+pub use crate::collect::endpoint::Endpoint;
 
 /// The `destination` label of `sensor_socket_send_bytes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,69 +21,6 @@ impl DestClass {
             Self::Local => "local",
             Self::Trusted => "trusted",
             Self::Untrusted => "untrusted",
-        }
-    }
-}
-
-/// A remote endpoint as the kernel reported it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Endpoint {
-    /// IPv4 or IPv6 address and port; IPv4-mapped IPv6 addresses are IPv4.
-    Ip(IpAddr, u16),
-    /// A socket without a remote address (e.g. unconnected UDP).
-    Unknown,
-    Unix,
-    /// Destinations an alert folded together past its per-actor cap (their
-    /// bytes still count).
-    Other,
-}
-
-impl Endpoint {
-    /// Address and port as an alert shows them.
-    pub fn addr_port(&self) -> (String, u16) {
-        match self {
-            Self::Ip(ip, port) => (ip.to_string(), *port),
-            Self::Unknown => ("unknown".into(), 0),
-            Self::Unix => ("unix".into(), 0),
-            Self::Other => ("other".into(), 0),
-        }
-    }
-
-    /// Decodes `SendKey`'s family, network-order address and host-order port.
-    pub fn from_kernel(family: u16, addr: [u8; 16], port: u16) -> Option<Self> {
-        match family {
-            AF_UNIX => Some(Self::Unix),
-            // Sends the full per-destination map had no room for.
-            FAMILY_OVERFLOW => Some(Self::Unknown),
-            AF_INET => {
-                let ip = Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
-                Some(if ip.is_unspecified() {
-                    Self::Unknown
-                } else {
-                    Self::Ip(ip.into(), port)
-                })
-            }
-            AF_INET6 => {
-                let ip = Ipv6Addr::from(addr);
-                if ip.is_unspecified() {
-                    Some(Self::Unknown)
-                } else {
-                    Some(Self::Ip(ip.to_canonical(), port))
-                }
-            }
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Ip(IpAddr::V4(ip), port) => write!(f, "{ip}:{port}"),
-            Self::Ip(IpAddr::V6(ip), port) => write!(f, "[{ip}]:{port}"),
-            Self::Unknown => f.write_str("unknown"),
-            Self::Unix => f.write_str("unix"),
-            Self::Other => f.write_str("other"),
         }
     }
 }
@@ -117,6 +53,10 @@ impl Classifier {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
+    use sensor_common::{AF_INET, AF_INET6, AF_UNIX};
+
     use super::*;
 
     fn v4(a: [u8; 4]) -> [u8; 16] {

@@ -21,7 +21,10 @@ use sensor_common::{
     ProcCounters, ProcInfo, RuntimeConfig, SendCounters, SendKey, FAMILY_OVERFLOW, OVERFLOW_TGID,
 };
 
-use crate::{offsets, sysinfo, watch::WatchSet};
+use crate::{
+    kernel::{offsets, watch::WatchSet},
+    util::sysinfo,
+};
 
 /// The eBPF object, built by `build.rs` from `sensor-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -356,13 +359,13 @@ impl Sensor {
     /// Runs of our programs the kernel skipped (`recursion_misses` in their
     /// fdinfo, 5.12+; 0 where the kernel does not say).
     pub fn recursion_misses(&self) -> u64 {
-        crate::fdinfo::own("bpf-prog")
+        crate::util::fdinfo::own("bpf-prog")
             .iter()
             .filter(|e| {
-                crate::fdinfo::num(e, "prog_id")
+                crate::util::fdinfo::num(e, "prog_id")
                     .is_some_and(|id: u32| self.attached.iter().any(|(_, ours)| *ours == id))
             })
-            .filter_map(|e| crate::fdinfo::num::<u64>(e, "recursion_misses"))
+            .filter_map(|e| crate::util::fdinfo::num::<u64>(e, "recursion_misses"))
             .sum()
     }
 

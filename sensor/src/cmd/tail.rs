@@ -16,20 +16,22 @@ use tokio::{
     net::UnixStream,
 };
 
-use super::{
-    record::{ActivityRecord, Message},
-    render::Output,
-    server::DEFAULT_SOCKET,
-};
 use crate::{
     cli::{RunArgs, TailArgs},
+    cmd::pipeline::Pipeline,
     config::Config,
+    export::metrics::Metrics,
     failure::Failure,
-    loader::{LoadOptions, Sensor},
-    metrics::Metrics,
-    pipeline::Pipeline,
-    sysinfo,
-    watch::WatchSet,
+    kernel::{
+        loader::{LoadOptions, Sensor},
+        watch::WatchSet,
+    },
+    tail::{
+        record::{ActivityRecord, Message},
+        render::Output,
+        server::DEFAULT_SOCKET,
+    },
+    util::sysinfo,
 };
 
 /// Which processes to show.
@@ -194,7 +196,7 @@ async fn standalone(
     out: &mut Output<impl std::io::Write>,
 ) -> anyhow::Result<()> {
     let watch = WatchSet::resolve(&cfg.watch)?;
-    crate::privilege::require_bpf()?;
+    crate::kernel::privilege::require_bpf()?;
     let mut sensor = Sensor::load(
         &watch,
         &LoadOptions {

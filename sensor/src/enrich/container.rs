@@ -76,7 +76,7 @@ pub struct CgroupResolver {
 impl CgroupResolver {
     pub fn new() -> Self {
         Self {
-            root: crate::sysinfo::cgroup2_mount(),
+            root: crate::util::sysinfo::cgroup2_mount(),
             by_id: HashMap::new(),
             misses: HashMap::new(),
             last_scan: None,

@@ -46,8 +46,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    metrics::{Health, Metrics},
-    webconfig::WebConfig,
+    config::web::WebConfig,
+    export::metrics::{Health, Metrics},
 };
 
 /// Connections served at once.

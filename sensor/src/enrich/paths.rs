@@ -16,7 +16,7 @@ use std::{
 
 use sensor_common::InodeKey;
 
-use crate::watch::inode_key;
+use crate::kernel::watch::inode_key;
 
 #[derive(Default)]
 pub struct PathCache {

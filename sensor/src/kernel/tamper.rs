@@ -19,8 +19,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::{
-    fdinfo,
-    loader::{Sensor, WatchState},
+    kernel::loader::{Sensor, WatchState},
+    util::fdinfo,
 };
 
 /// One finding.

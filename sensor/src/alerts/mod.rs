@@ -12,13 +12,18 @@ use std::{
         mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
         Arc, Mutex,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prometheus::IntCounterVec;
 use serde::Serialize;
 
-use crate::{config::AlertmanagerConfig, detect::Alert, paths::PathCache, procmeta::ProcMeta};
+use crate::{
+    config::AlertmanagerConfig,
+    detect::Alert,
+    enrich::{paths::PathCache, procmeta::ProcMeta},
+    util::time::rfc3339,
+};
 
 #[derive(Debug, Serialize)]
 pub struct FileJson {
@@ -161,38 +166,6 @@ impl TamperAlertJson {
         serde_json::to_string(self)
             .unwrap_or_else(|e| format!("{{\"error\":\"serializing alert: {e}\"}}"))
     }
-}
-
-/// Whole seconds since the Unix epoch (0 before it).
-pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `2026-11-26T17:00:00Z` (UTC, whole seconds).
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Every configured sink.
@@ -523,20 +496,9 @@ impl Push {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::UNIX_EPOCH;
 
-    #[test]
-    fn formats_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_712_400)),
-            "2026-11-26T17:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-    }
+    use super::*;
 
     #[test]
     fn client_errors_are_not_retried() {

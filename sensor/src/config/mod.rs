@@ -2,6 +2,15 @@
 //! one parser per key. Flags override the file. Every error names the key
 //! and the bad value in one line.
 
+pub mod web;
+
+/// The local socket `sensor tail` attaches to (root only).
+pub const DEFAULT_SOCKET: &str = "/run/sensor/sensor.sock";
+/// The kubelet's pod log directories, which name pods and namespaces.
+pub const DEFAULT_PODS_DIR: &str = "/var/log/pods";
+/// Where the running kernel publishes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -11,7 +20,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{cli::RunArgs, size::parse_size};
+use crate::{cli::RunArgs, util::size::parse_size};
 
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
@@ -141,17 +150,17 @@ pub struct Config {
     pub tail_socket: PathBuf,
     pub pods_dir: PathBuf,
     pub btf_path: PathBuf,
-    pub web: crate::webconfig::WebConfig,
+    pub web: crate::config::web::WebConfig,
     pub audit: Option<AuditConfig>,
 }
 
-impl PartialEq for crate::webconfig::WebConfig {
+impl PartialEq for crate::config::web::WebConfig {
     fn eq(&self, other: &Self) -> bool {
         self.tls.is_some() == other.tls.is_some() && self.users == other.users
     }
 }
 
-impl std::fmt::Debug for crate::webconfig::WebConfig {
+impl std::fmt::Debug for crate::config::web::WebConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -175,10 +184,10 @@ impl Default for Config {
             max_comm_labels: 256,
             max_processes: sensor_common::maps::DEFAULT_MAX_PROCS,
             prune_idle: None,
-            tail_socket: PathBuf::from(crate::tail::server::DEFAULT_SOCKET),
-            pods_dir: PathBuf::from(crate::pods::DEFAULT_PODS_DIR),
-            btf_path: PathBuf::from(crate::offsets::VMLINUX_BTF),
-            web: crate::webconfig::WebConfig::default(),
+            tail_socket: PathBuf::from(DEFAULT_SOCKET),
+            pods_dir: PathBuf::from(DEFAULT_PODS_DIR),
+            btf_path: PathBuf::from(VMLINUX_BTF),
+            web: crate::config::web::WebConfig::default(),
             audit: None,
         }
     }
@@ -338,7 +347,7 @@ impl Config {
             cfg.btf_path = p;
         }
         if let Some(p) = args.web_config_file.clone().or(file.web_config_file) {
-            cfg.web = crate::webconfig::WebConfig::load(&p)?;
+            cfg.web = crate::config::web::WebConfig::load(&p)?;
         }
         let interval = text(&args.audit_interval, &file.audit_interval)
             .map(|v| parse_count("audit-interval", &v, 1, 86_400))

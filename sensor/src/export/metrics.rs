@@ -16,7 +16,9 @@ use prometheus::{
 use sensor_common::counter;
 
 use crate::{
-    collect::Poll, container::CgroupResolver, destination::Classifier, labels::LabelFolder,
+    collect::Poll,
+    enrich::{container::CgroupResolver, destination::Classifier},
+    export::labels::LabelFolder,
 };
 
 pub struct Metrics {
@@ -415,7 +417,7 @@ mod tests {
             total: ProcCounters::default(),
             exited: false,
         });
-        let ep = crate::destination::Endpoint::from_kernel(
+        let ep = crate::enrich::destination::Endpoint::from_kernel(
             AF_INET,
             [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             9,

@@ -16,16 +16,20 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     alerts::Sinks,
     cli::RunArgs,
+    cmd::{pipeline::Pipeline, trail::Trail},
     config::Config,
+    export::{http, metrics::Metrics},
     failure::Failure,
-    http,
-    loader::{LoadOptions, Sensor},
-    metrics::Metrics,
-    pipeline::Pipeline,
-    privilege, sysinfo,
-    tail::server::{self, ClientStats, Publisher},
-    trail::Trail,
-    watch::WatchSet,
+    kernel::{
+        loader::{LoadOptions, Sensor},
+        privilege,
+        watch::WatchSet,
+    },
+    tail::{
+        server,
+        server::{ClientStats, Publisher},
+    },
+    util::sysinfo,
 };
 
 /// How often cached watched decisions are recomputed, so a file renamed into
@@ -163,7 +167,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
             sinks.emit_line(line);
         }
         trail.after_poll(&mut out, &sensor, &pipeline.metrics, &mut sinks);
-        publisher.publish(&out);
+        publisher.publish(&out.records, &out.alerts);
         pipeline.metrics.poll_done(poll_start.elapsed());
         if last_refresh.elapsed() >= WATCH_REFRESH {
             sensor.bump_generation()?;

@@ -3,6 +3,9 @@
 //! exited processes can be dropped from the maps. Pure: the maps are read by
 //! the loader, liveness is a function handed in.
 
+pub mod endpoint;
+pub mod resident;
+
 use std::collections::{HashMap, HashSet};
 
 use sensor_common::{
@@ -10,7 +13,7 @@ use sensor_common::{
     OVERFLOW_TGID, PROC_EXITED,
 };
 
-use crate::destination::Endpoint;
+use self::endpoint::Endpoint;
 
 /// What one read of the kernel maps returned.
 #[derive(Clone, Debug, Default)]

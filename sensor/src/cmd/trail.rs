@@ -3,13 +3,16 @@
 //! `sensor_tamper_events_total` and written into the audit log.
 
 use crate::{
-    alerts::{unix_secs, Sinks, TamperAlertJson},
+    alerts::{Sinks, TamperAlertJson},
     audit::{AuditLog, Event, Gap, Now},
+    cmd::pipeline::PollOutput,
     config::Config,
-    loader::Sensor,
-    metrics::Metrics,
-    pipeline::PollOutput,
-    tamper::{Finding, TamperWatch},
+    export::metrics::Metrics,
+    kernel::{
+        loader::Sensor,
+        tamper::{Finding, TamperWatch},
+    },
+    util::time::unix_secs,
 };
 
 pub struct Trail {

@@ -8,22 +8,22 @@ use std::{
 };
 
 use crate::{
-    alerts::{rfc3339, AlertJson, Context, TamperAlertJson},
+    alerts::{AlertJson, Context, TamperAlertJson},
     audit::{Access, AuditPoll, Destination},
-    blind::BlindWatch,
-    collect::{Collector, Poll, Snapshot},
+    collect::{resident, Collector, Poll, Snapshot},
     config::Config,
-    container::CgroupResolver,
-    destination::{Classifier, DestClass},
-    detect::{Activity, Detector},
-    loader::Sensor,
-    metrics::Metrics,
-    paths::PathCache,
-    pods::PodDirectory,
-    procmeta::ProcMetaCache,
-    resident, sysinfo,
+    detect::{blind::BlindWatch, Activity, Detector},
+    enrich::{
+        container::CgroupResolver,
+        destination::{Classifier, DestClass},
+        paths::PathCache,
+        pods::PodDirectory,
+        procmeta::ProcMetaCache,
+    },
+    export::metrics::Metrics,
+    kernel::{loader::Sensor, watch::WatchSet},
     tail::record::{ActivityRecord, DestBytes},
-    watch::WatchSet,
+    util::{sysinfo, time::rfc3339},
 };
 
 /// What one poll yields.
@@ -185,7 +185,8 @@ impl Pipeline {
         let mut by_tgid: HashMap<u32, ActivityRecord> = HashMap::new();
         // Where each (process, destination) is in its record's list: one
         // lookup per send, not a scan (a sprayer sends to thousands a poll).
-        let mut dest_at: HashMap<(u32, crate::destination::Endpoint), usize> = HashMap::new();
+        let mut dest_at: HashMap<(u32, crate::enrich::destination::Endpoint), usize> =
+            HashMap::new();
         for p in poll
             .procs
             .iter()

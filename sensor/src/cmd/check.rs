@@ -6,7 +6,12 @@ use std::{io::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::{cli::CheckArgs, failure::Failure, loader::Sensor, offsets, privilege, sysinfo};
+use crate::{
+    cli::CheckArgs,
+    failure::Failure,
+    kernel::{loader::Sensor, offsets, privilege},
+    util::sysinfo,
+};
 
 #[derive(Serialize)]
 struct Row {

@@ -43,7 +43,7 @@ pub enum OffsetError {
     NoTracepoint(String),
 }
 
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub use crate::config::VMLINUX_BTF;
 
 /// The offsets, and which optional kernel features they could not be found for.
 #[derive(Clone, Debug)]
