@@ -4,18 +4,11 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
-mod arch;
-mod atomic;
-mod counters;
-mod kernel;
-mod mmap;
+mod file;
+mod net;
 mod probes;
-mod proc;
-mod reads;
-mod sends;
-mod slots;
-mod udp_dest;
-mod watch;
+mod process;
+mod runtime;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -14,9 +14,12 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use sensor_common::offsets::IO_URING_TP_RES_ARG;
 
 use crate::{
-    counters,
-    kernel::{off, offsets_ready, read, read_ptr, send_fallback, Probe},
-    reads, sends,
+    file::reads,
+    net::send,
+    runtime::{
+        kernel::{off, offsets_ready, read, read_ptr, send_fallback, Probe},
+        loss,
+    },
 };
 
 /// `IORING_OP_*` values (uapi).
@@ -34,7 +37,7 @@ const IORING_OP_SENDMSG_ZC: u8 = 48;
 #[btf_tracepoint(function = "io_uring_complete")]
 pub fn file_io_uring_complete(ctx: BtfTracePointContext) -> i32 {
     if let Err(reason) = try_file_io_uring_complete(&ctx) {
-        counters::bump(reason);
+        loss::bump(reason);
     }
     0
 }
@@ -77,8 +80,8 @@ fn try_file_io_uring_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
     if is_read {
         return reads::count_file_read(file, res as u64);
     }
-    match sends::socket_of(file)? {
-        Some(sk) => sends::count_send::<Probe>(sk, res as u64),
+    match send::socket_of(file)? {
+        Some(sk) => send::count_send::<Probe>(sk, res as u64),
         None => Ok(()),
     }
 }

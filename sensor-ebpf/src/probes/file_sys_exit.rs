@@ -11,15 +11,18 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    arch, counters,
-    kernel::{load, offsets_ready},
-    mmap, proc, reads,
+    file::{fd, mmap, reads},
+    process::{identity, stats},
+    runtime::{
+        kernel::{load, offsets_ready},
+        loss, syscall,
+    },
 };
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn file_sys_exit(ctx: BtfTracePointContext) -> i32 {
     if let Err(reason) = try_file_sys_exit(&ctx) {
-        counters::bump(reason);
+        loss::bump(reason);
     }
     0
 }
@@ -32,14 +35,14 @@ fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
     }
     // `regs` is a BTF pointer: direct loads, no helper call.
     let regs: *const u8 = ctx.arg(0);
-    let nr: i64 = load(regs, arch::REGS_SYSCALL_NR);
-    let fd_offset = match arch::source_fd_arg(nr) {
-        Some(0) => arch::REGS_ARGS[0],
-        Some(_) => arch::REGS_ARGS[1],
-        None if nr == arch::NR_MMAP => arch::REGS_ARGS[4],
-        None if nr == arch::NR_SETSID => {
+    let nr: i64 = load(regs, syscall::REGS_SYSCALL_NR);
+    let fd_offset = match syscall::source_fd_arg(nr) {
+        Some(0) => syscall::REGS_ARGS[0],
+        Some(_) => syscall::REGS_ARGS[1],
+        None if nr == syscall::NR_MMAP => syscall::REGS_ARGS[4],
+        None if nr == syscall::NR_SETSID => {
             if offsets_ready() {
-                proc::refresh_identity(proc::current_tgid(), false);
+                identity::refresh(stats::current_tgid(), false);
             }
             return Ok(());
         }
@@ -49,12 +52,12 @@ fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
         return Ok(());
     }
     let fd: u64 = load(regs, fd_offset);
-    let Some(file) = reads::fd_to_file(fd)? else {
+    let Some(file) = fd::fd_to_file(fd)? else {
         return Ok(());
     };
-    if nr == arch::NR_MMAP {
-        let len: u64 = load(regs, arch::REGS_ARGS[1]);
-        return mmap::on_mmap(file, ret as u64, len);
+    if nr == syscall::NR_MMAP {
+        let len: u64 = load(regs, syscall::REGS_ARGS[1]);
+        return mmap::record(file, ret as u64, len);
     }
     reads::count_file_read(file, ret as u64)
 }

@@ -1,4 +1,6 @@
-//! One hook per file; programs are named `<subsystem>_<hook>`.
+//! One hook per file; programs are named `<subsystem>_<hook>`. What they
+//! share (maps, kernel walks, counting) is in the subsystem folders beside
+//! this one: `file`, `net`, `process`, and `runtime` for all of them.
 
 mod file_io_uring_complete;
 mod file_sys_exit;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use sensor_common::{Dest, AF_INET};
 
-use crate::udp_dest;
+use crate::net::udp_dest;
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn net_cgroup_sendmsg4(ctx: SockAddrContext) -> i32 {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use sensor_common::{Dest, AF_INET6};
 
-use crate::udp_dest;
+use crate::net::udp_dest;
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn net_cgroup_sendmsg6(ctx: SockAddrContext) -> i32 {

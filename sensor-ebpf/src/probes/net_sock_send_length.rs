@@ -9,15 +9,17 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    counters,
-    kernel::{offsets_ready, Direct},
-    sends,
+    net::send,
+    runtime::{
+        kernel::{offsets_ready, Direct},
+        loss,
+    },
 };
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn net_sock_send_length(ctx: BtfTracePointContext) -> i32 {
     if let Err(reason) = try_net_sock_send_length(&ctx) {
-        counters::bump(reason);
+        loss::bump(reason);
     }
     0
 }
@@ -30,5 +32,5 @@ fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
         return Ok(());
     }
     // `sk` is a BTF pointer: `sock_common` fields are direct loads.
-    sends::count_send::<Direct>(ctx.arg(0), ret as u64)
+    send::count_send::<Direct>(ctx.arg(0), ret as u64)
 }

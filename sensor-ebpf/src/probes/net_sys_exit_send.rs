@@ -15,9 +15,12 @@ use aya_ebpf::{
 use sensor_common::counter;
 
 use crate::{
-    arch, counters,
-    kernel::{load, offsets_ready, Probe},
-    reads, sends,
+    file::fd,
+    net::send,
+    runtime::{
+        kernel::{load, offsets_ready, Probe},
+        loss, syscall,
+    },
 };
 
 /// `sizeof(struct mmsghdr)` and `offsetof(struct mmsghdr, msg_len)` (LP64 uapi).
@@ -29,7 +32,7 @@ const MAX_MMSG: usize = 1024;
 #[btf_tracepoint(function = "sys_exit")]
 pub fn net_sys_exit_send(ctx: BtfTracePointContext) -> i32 {
     if let Err(reason) = try_net_sys_exit_send(&ctx) {
-        counters::bump(reason);
+        loss::bump(reason);
     }
     0
 }
@@ -41,27 +44,27 @@ fn try_net_sys_exit_send(ctx: &BtfTracePointContext) -> Result<(), u32> {
         return Ok(());
     }
     let regs: *const u8 = ctx.arg(0);
-    let nr: i64 = load(regs, arch::REGS_SYSCALL_NR);
-    let Some(arg) = arch::sink_fd_arg(nr) else {
+    let nr: i64 = load(regs, syscall::REGS_SYSCALL_NR);
+    let Some(arg) = syscall::sink_fd_arg(nr) else {
         return Ok(());
     };
     if !offsets_ready() {
         return Ok(());
     }
-    let fd: u64 = load(regs, arch::REGS_ARGS[arg]);
-    let Some(file) = reads::fd_to_file(fd)? else {
+    let fd: u64 = load(regs, syscall::REGS_ARGS[arg]);
+    let Some(file) = fd::fd_to_file(fd)? else {
         return Ok(());
     };
-    let Some(sk) = sends::socket_of(file)? else {
+    let Some(sk) = send::socket_of(file)? else {
         return Ok(());
     };
-    let bytes = if nr == arch::NR_SENDMMSG {
-        let msgvec: u64 = load(regs, arch::REGS_ARGS[1]);
+    let bytes = if nr == syscall::NR_SENDMMSG {
+        let msgvec: u64 = load(regs, syscall::REGS_ARGS[1]);
         sendmmsg_bytes(msgvec, ret as usize)?
     } else {
         ret as u64
     };
-    sends::count_send::<Probe>(sk, bytes)
+    send::count_send::<Probe>(sk, bytes)
 }
 
 /// Bytes of the first `sent` messages of a sendmmsg vector: the kernel

@@ -2,19 +2,19 @@
 //! them: per-process totals, watched split, and per watched file.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap},
 };
 use sensor_common::{counter, maps, FileKey, InodeKey};
 
+use super::{fd, watch};
 use crate::{
-    atomic,
-    kernel::{
-        current_task, current_task_btf, has_task_btf, off, read, read_ptr, Direct, Mem, Probe,
-        S_IFMT, S_IFREG,
+    process::stats,
+    runtime::{
+        atomic,
+        kernel::{off, read_ptr},
+        slot::slot_of,
     },
-    proc, watch,
 };
 
 /// The last file this CPU counted a read of, and what was found about it:
@@ -70,55 +70,6 @@ const KIND_OTHER: u32 = 2;
 static FILE_STATS: PerCpuHashMap<FileKey, u64> =
     PerCpuHashMap::with_max_entries(maps::DEFAULT_MAX_FILES, 0);
 
-/// `current->files->fdt->fd[fd]`, `None` past the table or for a free slot.
-/// The walk to the table uses direct BTF loads where the kernel has
-/// `bpf_get_current_task_btf`, helper reads before 5.11; the slot itself (a
-/// variable index) is always a helper read.
-#[inline(always)]
-pub fn fd_to_file(fd: u64) -> Result<Option<*const u8>, u32> {
-    if has_task_btf() {
-        fd_to_file_in::<Direct>(current_task_btf(), fd)
-    } else {
-        fd_to_file_in::<Probe>(current_task(), fd)
-    }
-}
-
-#[inline(always)]
-fn fd_to_file_in<M: Mem>(task: *const u8, fd: u64) -> Result<Option<*const u8>, u32> {
-    let files: *const u8 = M::get(task, off!(task_files))?;
-    if files.is_null() {
-        return Ok(None);
-    }
-    let fdt: *const u8 = M::get(files, off!(files_fdt))?;
-    if fdt.is_null() {
-        return Ok(None);
-    }
-    let max_fds: u32 = M::get(fdt, off!(fdt_max_fds))?;
-    if fd >= max_fds as u64 {
-        return Ok(None);
-    }
-    let fds: *const u8 = M::get(fdt, off!(fdt_fd))?;
-    let file = read_ptr(fds, (fd as usize) * 8)?;
-    Ok((!file.is_null()).then_some(file))
-}
-
-/// The inode of `file` when it is a regular file.
-#[inline(always)]
-pub fn regular_file_inode(file: *const u8) -> Result<Option<(*const u8, InodeKey)>, u32> {
-    let inode = read_ptr(file, off!(file_inode))?;
-    let mode: u16 = read(inode, off!(inode_mode))?;
-    if mode & S_IFMT != S_IFREG {
-        return Ok(None);
-    }
-    let sb = read_ptr(inode, off!(inode_sb))?;
-    let key = InodeKey {
-        dev: read(sb, off!(sb_dev))?,
-        _pad: 0,
-        ino: read(inode, off!(inode_ino))?,
-    };
-    Ok(Some((inode, key)))
-}
-
 /// Counts `bytes` read by the current process from `file`, if regular.
 #[inline(always)]
 pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
@@ -136,7 +87,7 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
     {
         cached
     } else {
-        let fresh = match regular_file_inode(file)? {
+        let fresh = match fd::regular_file_inode(file)? {
             Some((_, key)) => LastFile {
                 file: file as u64,
                 inode: inode as u64,
@@ -172,8 +123,8 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
         ino: last.ino,
     };
     let watched = last.watched != 0;
-    let tgid = proc::current_tgid();
-    let c = proc::counters_of(tgid)?;
+    let tgid = stats::current_tgid();
+    let c = stats::counters_of(tgid)?;
     // SAFETY: this CPU's slot of a per-CPU entry.
     unsafe {
         atomic::add(&raw mut (*c).read_bytes, bytes);
@@ -198,13 +149,7 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
 
 #[inline(always)]
 fn add_file_bytes(key: FileKey, bytes: u64) -> Result<(), u32> {
-    let slot = match FILE_STATS.get_ptr_mut(key) {
-        Some(slot) => slot,
-        None => {
-            let _ = FILE_STATS.insert(key, 0, BPF_NOEXIST as u64);
-            FILE_STATS.get_ptr_mut(key).ok_or(counter::FILE_MAP_FULL)?
-        }
-    };
+    let (slot, _) = slot_of!(FILE_STATS, key, 0).ok_or(counter::FILE_MAP_FULL)?;
     // SAFETY: this CPU's slot of a per-CPU entry.
     atomic::add(slot, bytes);
     Ok(())

@@ -14,7 +14,9 @@ pub(crate) static OFFSETS: Offsets = Offsets::ZERO;
 macro_rules! off {
     ($field:ident) => {
         // SAFETY: a plain read of a static; volatile so the loader's value is used.
-        unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$field) as usize }
+        unsafe {
+            core::ptr::read_volatile(&raw const $crate::runtime::kernel::OFFSETS.$field) as usize
+        }
     };
 }
 pub(crate) use off;

@@ -11,12 +11,14 @@ use sensor_common::{
     OVERFLOW_TGID,
 };
 
+use super::udp_dest;
 use crate::{
-    atomic,
-    kernel::{off, read, read_ptr, Mem, S_IFMT, S_IFSOCK},
-    proc,
-    slots::slot_of,
-    udp_dest,
+    process::stats,
+    runtime::{
+        atomic,
+        kernel::{off, read, read_ptr, Mem, S_IFMT, S_IFSOCK},
+        slot::slot_of,
+    },
 };
 
 #[map(name = "SEND_STATS")]
@@ -32,7 +34,7 @@ static SEND_SPILL: LruPerCpuHashMap<SendKey, SendCounters> =
 #[inline(always)]
 pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
     let family: u16 = M::get(sk, off!(sk_family))?;
-    let tgid = proc::current_tgid();
+    let tgid = stats::current_tgid();
     let mut key = SendKey {
         tgid,
         family,
@@ -61,34 +63,28 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
             key.addr = dest.addr;
         }
     }
-    let c = proc::counters_of(tgid)?;
+    let c = stats::counters_of(tgid)?;
     // SAFETY: this CPU's slot of a per-CPU entry.
     unsafe {
         atomic::add(&raw mut (*c).sent_bytes, bytes);
         atomic::add(&raw mut (*c).send_ops, 1);
     }
-    let slot = match slot_of!(
+    // Neither map has room: the entry user space reserved keeps the bytes
+    // (destination unknown).
+    let (slot, _) = slot_of!(
         SEND_STATS,
-        SEND_SPILL,
         key,
         SendCounters::default(),
-        counter::SEND_MAP_FULL
-    ) {
-        Some((slot, _)) => slot,
-        None => {
-            // No slot at all: the reserved entry keeps the bytes
-            // (destination unknown).
-            let overflow = SendKey {
-                tgid: OVERFLOW_TGID,
-                family: FAMILY_OVERFLOW,
-                port: 0,
-                addr: [0; 16],
-            };
-            SEND_STATS
-                .get_ptr_mut(overflow)
-                .ok_or(counter::SEND_MAP_FULL)?
-        }
-    };
+        spill: SEND_SPILL,
+        full: counter::SEND_MAP_FULL,
+        overflow: SendKey {
+            tgid: OVERFLOW_TGID,
+            family: FAMILY_OVERFLOW,
+            port: 0,
+            addr: [0; 16],
+        },
+    )
+    .ok_or(counter::SEND_MAP_FULL)?;
     // SAFETY: as above.
     unsafe {
         atomic::add(&raw mut (*slot).bytes, bytes);

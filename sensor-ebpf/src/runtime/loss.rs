@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use sensor_common::counter;
 
-use crate::atomic;
+use super::atomic;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

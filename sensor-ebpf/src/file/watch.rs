@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use sensor_common::{maps, ExtKey, InodeKey, RuntimeConfig, WatchCacheEntry, EXT_LEN, WATCH_ALL};
 
-use crate::kernel::{off, read, read_ptr};
+use crate::runtime::kernel::{off, read, read_ptr};
 
 #[map(name = "WATCH_INODES")]
 static WATCH_INODES: HashMap<InodeKey, u64> = HashMap::with_max_entries(maps::MAX_WATCH_INODES, 0);

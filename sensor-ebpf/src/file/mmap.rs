@@ -8,10 +8,13 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap};
 use sensor_common::{counter, maps, MmapInfo, MmapKey};
 
+use super::{fd, watch};
 use crate::{
-    counters,
-    kernel::{off, read},
-    proc, reads, watch,
+    process::stats,
+    runtime::{
+        kernel::{off, read},
+        loss,
+    },
 };
 
 #[map(name = "WATCHED_MMAPS")]
@@ -20,8 +23,8 @@ static WATCHED_MMAPS: LruHashMap<MmapKey, MmapInfo> =
 
 /// After `addr = mmap(_, len, _, _, fd, _)` succeeded on `file`.
 #[inline(always)]
-pub fn on_mmap(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
-    let Some((inode, key)) = reads::regular_file_inode(file)? else {
+pub fn record(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
+    let Some((inode, key)) = fd::regular_file_inode(file)? else {
         return Ok(());
     };
     if !watch::is_watched(file, &key)? {
@@ -40,9 +43,9 @@ pub fn on_mmap(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
         read(mapping, off!(mapping_nrpages))?
     };
     let held = blocks.saturating_mul(512).max(pages.saturating_mul(4096));
-    let tgid = proc::current_tgid();
+    let tgid = stats::current_tgid();
     // Gives the process an identity for user space.
-    proc::counters_of(tgid)?;
+    stats::counters_of(tgid)?;
     let info = MmapInfo {
         dev: key.dev,
         _pad: 0,
@@ -57,7 +60,7 @@ pub fn on_mmap(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
     // A new record is counted (user space tells evictions from it); an
     // address mapped again replaces its record.
     if WATCHED_MMAPS.insert(key, info, BPF_NOEXIST as u64).is_ok() {
-        counters::bump(counter::MMAP_RECORDED);
+        loss::bump(counter::MMAP_RECORDED);
         return Ok(());
     }
     WATCHED_MMAPS

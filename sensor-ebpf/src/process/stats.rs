@@ -1,0 +1,53 @@
+//! Per-process counters (per CPU), created when the kernel first counts a
+//! process, which is when its identity is recorded.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruPerCpuHashMap, PerCpuHashMap},
+};
+use sensor_common::{counter, maps, ProcCounters, OVERFLOW_TGID};
+
+use super::identity;
+use crate::runtime::slot::slot_of;
+
+#[map(name = "PROC_STATS")]
+static PROC_STATS: PerCpuHashMap<u32, ProcCounters> =
+    PerCpuHashMap::with_max_entries(maps::DEFAULT_MAX_PROCS, 0);
+
+#[map(name = "PROC_SPILL")]
+static PROC_SPILL: LruPerCpuHashMap<u32, ProcCounters> =
+    LruPerCpuHashMap::with_max_entries(maps::proc_spill_size(maps::DEFAULT_MAX_PROCS), 0);
+
+/// The thread-group id of the current task.
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// This CPU's counters of the current process, created on first sight
+/// (in `PROC_STATS`, or in the LRU spill when it is full, so a new process
+/// keeps its own counters and identity under pressure).
+#[inline(always)]
+pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, u32> {
+    // The value is only built (and the clock read) when an entry is made.
+    // Both full and no spill slot: the entry user space reserved keeps the
+    // bytes in the totals, without an identity.
+    let (c, created) = slot_of!(
+        PROC_STATS,
+        tgid,
+        ProcCounters {
+            // SAFETY: a helper without preconditions.
+            born_ns: unsafe { bpf_ktime_get_ns() },
+            ..ProcCounters::default()
+        },
+        spill: PROC_SPILL,
+        full: counter::PROC_MAP_FULL,
+        overflow: OVERFLOW_TGID,
+    )
+    .ok_or(counter::PROC_MAP_FULL)?;
+    if created {
+        identity::record(tgid);
+    }
+    Ok(c)
+}
