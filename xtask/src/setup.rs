@@ -2,7 +2,8 @@
 //! step skipped when already done.
 //!
 //! - `rust-src` on the nightly toolchain (the eBPF crate builds `core`);
-//! - `bpf-linker` linked against nightly's own LLVM (PLATFORM.md's recipe:
+//! - `bpf-linker` linked against nightly's own LLVM (a folder holding
+//!   `libLLVM.so` links to nightly's `libLLVM.so.NN`, given as `LLVM_PREFIX`:
 //!   Debian's LLVM is too old, the default feature wants a newer LLVM);
 //! - Debian packages the tests use: bpftool, iproute2, util-linux (setsid),
 //!   prometheus-alertmanager, tmux (the `sensor tail` screen test).

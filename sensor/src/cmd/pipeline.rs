@@ -1,6 +1,7 @@
-//! One poll, straight through: kernel maps → per-process deltas → metrics →
-//! activity per process → detection → alerts. What it yields (activity
-//! records and alerts) goes to the alert sinks and `sensor tail`.
+//! One poll, straight through: kernel maps (and exec records) → per-process
+//! deltas → labels, once → metrics, tail records, audit entries, detection
+//! → alerts. What it yields goes to the alert sinks, `sensor tail` and the
+//! audit trail.
 
 use std::{
     collections::HashMap,
@@ -14,11 +15,9 @@ use crate::{
     config::Config,
     detect::{blind::BlindWatch, Activity, Detector},
     enrich::{
-        container::CgroupResolver,
-        destination::{Classifier, DestClass},
+        destination::DestClass,
+        label::{Enricher, Labelled},
         paths::PathCache,
-        pods::PodDirectory,
-        procmeta::ProcMetaCache,
     },
     export::metrics::Metrics,
     kernel::{loader::Sensor, watch::WatchSet},
@@ -41,13 +40,10 @@ pub struct PollOutput {
 pub struct Pipeline {
     collector: Collector,
     pub metrics: Metrics,
-    containers: CgroupResolver,
-    classifier: Classifier,
+    enricher: Enricher,
     detector: Detector,
-    procs: ProcMetaCache,
     paths: PathCache,
     sampler: resident::Sampler,
-    pods: PodDirectory,
     host: String,
     started: Instant,
     audit: bool,
@@ -59,13 +55,10 @@ impl Pipeline {
         Self {
             collector: Collector::new(prune_after_polls(cfg)),
             metrics,
-            containers: CgroupResolver::new(),
-            classifier: Classifier::new(cfg.trusted_cidr.clone()),
+            enricher: Enricher::new(cfg.trusted_cidr.clone(), cfg.pods_dir.clone()),
             detector: Detector::new(cfg.detect.clone()),
-            procs: ProcMetaCache::new(16_384),
             paths: PathCache::new(watch.inodes.iter().map(|w| w.path.clone()).collect()),
             sampler: resident::Sampler::default(),
-            pods: PodDirectory::new(cfg.pods_dir.clone()),
             host: sysinfo::hostname(),
             started: Instant::now(),
             audit: cfg.audit.is_some(),
@@ -113,6 +106,15 @@ impl Pipeline {
                 .set(n as i64);
         }
         let poll = self.collector.ingest(snapshot, sysinfo::process_exists);
+        // Exec records of the processes that may need naming, read with the
+        // snapshot (before the kernel forgets exited ones); then labels, once.
+        let exec = self
+            .enricher
+            .wants_exec(&poll)
+            .into_iter()
+            .filter_map(|t| sensor.exec_info(t).map(|e| (t, e)))
+            .collect();
+        let labelled = self.enricher.label(&poll, &exec);
         let mut out_notices = Vec::new();
         if let Some(detail) = self.blind.check(&poll, self.started.elapsed()) {
             tracing::warn!(%detail, "detection may be blind");
@@ -120,35 +122,30 @@ impl Pipeline {
             out_notices
                 .push(TamperAlertJson::blind(detail, &self.host, SystemTime::now()).to_line());
         }
-        self.metrics
-            .record(&poll, &mut self.containers, &self.classifier);
-        let activity = self.activity(&poll, sensor);
+        self.metrics.record(&poll, &labelled);
+        let activity = self.activity(&poll, &labelled);
         let mut out = PollOutput {
-            records: self.records(&poll),
+            records: records(&poll, &labelled),
             alerts: Vec::new(),
-            audit: self.audit.then(|| self.audit_poll(&activity)),
+            audit: self.audit.then(|| self.audit_poll(&activity, &labelled)),
             notices: out_notices,
         };
         let now = self.started.elapsed().as_secs();
         for alert in self.detector.observe(now, &activity) {
-            // The pod's name and namespace where the kubelet's directory tells
-            // them, else its UID alone.
-            let uid = self
-                .containers
-                .attribution(alert.process.cgroup_id, alert.process.tgid)
-                .pod_uid;
-            let (pod, namespace) = match self.pods.lookup(&uid) {
-                Some(p) => (p.name, p.namespace),
-                None => (uid, String::new()),
+            // This poll's labels of the process, else as of now (it may have
+            // moved its bytes in an earlier poll of the window).
+            let labels = match labelled.of(alert.process.tgid) {
+                Some(l) => l.clone(),
+                None => self.enricher.labels_of(&alert.process),
             };
             let ctx = Context {
                 host: &self.host,
                 now: SystemTime::now(),
                 meta: self
-                    .procs
-                    .get(alert.process.tgid, alert.process.first_seen_ns),
-                pod,
-                namespace,
+                    .enricher
+                    .meta(alert.process.tgid, alert.process.first_seen_ns),
+                pod: labels.pod,
+                namespace: labels.namespace,
                 paths: &self.paths,
             };
             let json = AlertJson::new(&alert, ctx);
@@ -179,79 +176,16 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// One record per process that read or sent since the previous poll.
-    fn records(&mut self, poll: &Poll) -> Vec<ActivityRecord> {
-        let ts = rfc3339(SystemTime::now());
-        let mut by_tgid: HashMap<u32, ActivityRecord> = HashMap::new();
-        // Where each (process, destination) is in its record's list: one
-        // lookup per send, not a scan (a sprayer sends to thousands a poll).
-        let mut dest_at: HashMap<(u32, crate::enrich::destination::Endpoint), usize> =
-            HashMap::new();
-        for p in poll
-            .procs
-            .iter()
-            .filter(|p| p.read_bytes + p.sent_bytes > 0)
-        {
-            let Some(id) = poll.identities.get(&p.tgid) else {
-                continue;
-            };
-            by_tgid.insert(
-                p.tgid,
-                ActivityRecord {
-                    ts: ts.clone(),
-                    pid: p.tgid,
-                    comm: id.comm.clone(),
-                    container: self.containers.attribution(id.cgroup_id, id.tgid).container,
-                    read_bytes: p.read_bytes,
-                    watched_read_bytes: p.watched_read_bytes,
-                    ..Default::default()
-                },
-            );
-        }
-        for s in &poll.sends {
-            let Some(r) = by_tgid.get_mut(&s.tgid) else {
-                continue;
-            };
-            let class = self.classifier.classify(&s.endpoint);
-            r.sent_bytes += s.bytes;
-            *match class {
-                DestClass::Untrusted => &mut r.untrusted_sent_bytes,
-                DestClass::Trusted => &mut r.trusted_sent_bytes,
-                DestClass::Loopback => &mut r.loopback_sent_bytes,
-                DestClass::Local => &mut r.local_sent_bytes,
-            } += s.bytes;
-            match dest_at.get(&(s.tgid, s.endpoint)) {
-                Some(&i) => r.destinations[i].bytes += s.bytes,
-                None => {
-                    dest_at.insert((s.tgid, s.endpoint), r.destinations.len());
-                    r.destinations.push(DestBytes {
-                        addr: s.endpoint.to_string(),
-                        class: class.as_str().into(),
-                        bytes: s.bytes,
-                    });
-                }
-            }
-        }
-        let mut records: Vec<ActivityRecord> = by_tgid.into_values().collect();
-        for r in &mut records {
-            r.finish();
-        }
-        records
-    }
-
     /// The audit log's view of this poll: each process's reads of each
     /// watched file, with who it is, and every process's sends.
-    fn audit_poll(&mut self, activity: &[Activity]) -> AuditPoll {
+    fn audit_poll(&mut self, activity: &[Activity], labelled: &Labelled) -> AuditPoll {
         let mut out = AuditPoll::default();
         for a in activity {
             let id = &a.identity;
             if !a.files.is_empty() {
-                let meta = self.procs.get(id.tgid, id.first_seen_ns);
-                let uid = self.containers.attribution(id.cgroup_id, id.tgid).pod_uid;
-                let (pod, namespace) = match self.pods.lookup(&uid) {
-                    Some(p) => (p.name, p.namespace),
-                    None => (uid, String::new()),
-                };
+                let meta = self.enricher.meta(id.tgid, id.first_seen_ns);
+                let labels = labelled.of(id.tgid).cloned().unwrap_or_default();
+                let (pod, namespace) = (labels.pod, labels.namespace);
                 for (inode, bytes) in &a.files {
                     out.accesses.push(Access {
                         pid: id.tgid,
@@ -287,40 +221,87 @@ impl Pipeline {
         out
     }
 
-    /// What each process did this poll, as the detector sees it. Processes
-    /// that moved weights or untrusted bytes get their exe and command line
-    /// read now, while they are alive; their files' paths likewise.
-    fn activity(&mut self, poll: &Poll, sensor: &Sensor) -> Vec<Activity> {
+    /// What each process did this poll, as the detector sees it; the
+    /// files' paths are learnt while the processes are alive.
+    fn activity(&mut self, poll: &Poll, labelled: &Labelled) -> Vec<Activity> {
         let mut by_tgid: HashMap<u32, Activity> = HashMap::new();
         self.paths.begin_poll();
         for p in poll.procs.iter().filter(|p| p.watched_read_bytes > 0) {
-            if let Some(a) = activity_of(&mut by_tgid, poll, p.tgid, &mut self.containers) {
+            if let Some(a) = activity_of(&mut by_tgid, poll, labelled, p.tgid) {
                 a.watched_read += p.watched_read_bytes;
             }
         }
         for f in &poll.files {
             self.paths.learn(f.tgid, f.inode);
-            if let Some(a) = activity_of(&mut by_tgid, poll, f.tgid, &mut self.containers) {
+            if let Some(a) = activity_of(&mut by_tgid, poll, labelled, f.tgid) {
                 a.files.push((f.inode, f.bytes));
             }
         }
-        for s in &poll.sends {
-            let class = self.classifier.classify(&s.endpoint);
-            if let Some(a) = activity_of(&mut by_tgid, poll, s.tgid, &mut self.containers) {
-                a.sends.push((s.endpoint, class, s.bytes));
+        for s in &labelled.sends {
+            if let Some(a) = activity_of(&mut by_tgid, poll, labelled, s.tgid) {
+                a.sends.push((s.endpoint, s.class, s.bytes));
             }
         }
-        let activity: Vec<Activity> = by_tgid.into_values().collect();
-        for a in &activity {
-            let untrusted = a.sends.iter().any(|(_, c, _)| *c == DestClass::Untrusted);
-            if a.watched_read > 0 || untrusted {
-                let tgid = a.identity.tgid;
-                self.procs
-                    .remember(tgid, a.identity.first_seen_ns, || sensor.exec_info(tgid));
-            }
-        }
-        activity
+        by_tgid.into_values().collect()
     }
+}
+
+/// One record per process that read or sent since the previous poll.
+fn records(poll: &Poll, labelled: &Labelled) -> Vec<ActivityRecord> {
+    let ts = rfc3339(SystemTime::now());
+    let mut by_tgid: HashMap<u32, ActivityRecord> = HashMap::new();
+    // Where each (process, destination) is in its record's list: one
+    // lookup per send, not a scan (a sprayer sends to thousands a poll).
+    let mut dest_at: HashMap<(u32, crate::collect::endpoint::Endpoint), usize> = HashMap::new();
+    for p in poll
+        .procs
+        .iter()
+        .filter(|p| p.read_bytes + p.sent_bytes > 0)
+    {
+        let Some(labels) = labelled.of(p.tgid) else {
+            continue;
+        };
+        by_tgid.insert(
+            p.tgid,
+            ActivityRecord {
+                ts: ts.clone(),
+                pid: p.tgid,
+                comm: labels.comm.clone(),
+                container: labels.container.clone(),
+                read_bytes: p.read_bytes,
+                watched_read_bytes: p.watched_read_bytes,
+                ..Default::default()
+            },
+        );
+    }
+    for s in &labelled.sends {
+        let Some(r) = by_tgid.get_mut(&s.tgid) else {
+            continue;
+        };
+        r.sent_bytes += s.bytes;
+        *match s.class {
+            DestClass::Untrusted => &mut r.untrusted_sent_bytes,
+            DestClass::Trusted => &mut r.trusted_sent_bytes,
+            DestClass::Loopback => &mut r.loopback_sent_bytes,
+            DestClass::Local => &mut r.local_sent_bytes,
+        } += s.bytes;
+        match dest_at.get(&(s.tgid, s.endpoint)) {
+            Some(&i) => r.destinations[i].bytes += s.bytes,
+            None => {
+                dest_at.insert((s.tgid, s.endpoint), r.destinations.len());
+                r.destinations.push(DestBytes {
+                    addr: s.endpoint.to_string(),
+                    class: s.class.as_str().into(),
+                    bytes: s.bytes,
+                });
+            }
+        }
+    }
+    let mut records: Vec<ActivityRecord> = by_tgid.into_values().collect();
+    for r in &mut records {
+        r.finish();
+    }
+    records
 }
 
 /// Entries of live processes idle this long leave the kernel maps
@@ -339,16 +320,17 @@ fn prune_after_polls(cfg: &Config) -> u64 {
 fn activity_of<'a>(
     by_tgid: &'a mut HashMap<u32, Activity>,
     poll: &Poll,
+    labelled: &Labelled,
     tgid: u32,
-    containers: &mut CgroupResolver,
 ) -> Option<&'a mut Activity> {
     let identity = poll.identities.get(&tgid)?;
     Some(by_tgid.entry(tgid).or_insert_with(|| {
         Activity {
             identity: identity.clone(),
-            container: containers
-                .attribution(identity.cgroup_id, identity.tgid)
-                .container,
+            container: labelled
+                .of(tgid)
+                .map(|l| l.container.clone())
+                .unwrap_or_default(),
             watched_read: 0,
             files: Vec::new(),
             sends: Vec::new(),

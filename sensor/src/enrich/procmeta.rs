@@ -48,6 +48,10 @@ impl ProcMetaCache {
         self.map.insert((tgid, first_seen_ns), meta);
     }
 
+    pub fn knows(&self, tgid: u32, first_seen_ns: u64) -> bool {
+        self.map.contains_key(&(tgid, first_seen_ns))
+    }
+
     pub fn get(&self, tgid: u32, first_seen_ns: u64) -> ProcMeta {
         self.map
             .get(&(tgid, first_seen_ns))

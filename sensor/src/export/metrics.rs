@@ -15,11 +15,7 @@ use prometheus::{
 };
 use sensor_common::counter;
 
-use crate::{
-    collect::Poll,
-    enrich::{container::CgroupResolver, destination::Classifier},
-    export::labels::LabelFolder,
-};
+use crate::{collect::Poll, enrich::label::Labelled, export::labels::LabelFolder};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -247,19 +243,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds one poll's deltas.
-    pub fn record(
-        &mut self,
-        poll: &Poll,
-        containers: &mut CgroupResolver,
-        classifier: &Classifier,
-    ) {
-        let mut labels_of = |tgid: u32, comms: &mut LabelFolder| -> (String, String) {
-            match poll.identities.get(&tgid) {
-                Some(id) => (
-                    comms.fold(&id.comm).to_string(),
-                    containers.attribution(id.cgroup_id, id.tgid).container,
-                ),
+    /// Adds one poll's deltas, with the poll's labels.
+    pub fn record(&mut self, poll: &Poll, labelled: &Labelled) {
+        let labels_of = |tgid: u32, comms: &mut LabelFolder| -> (String, String) {
+            match labelled.of(tgid) {
+                Some(l) => (comms.fold(&l.comm).to_string(), l.container.clone()),
                 None => ("?".to_string(), String::new()),
             }
         };
@@ -280,11 +268,10 @@ impl Metrics {
                     .inc_by(unwatched);
             }
         }
-        for s in &poll.sends {
+        for s in &labelled.sends {
             let (comm, container) = labels_of(s.tgid, &mut self.comms);
-            let class = classifier.classify(&s.endpoint);
             self.socket_send
-                .with_label_values(&[&comm, &container, class.as_str()])
+                .with_label_values(&[&comm, &container, s.class.as_str()])
                 .inc_by(s.bytes);
         }
         for (i, n) in poll.lost.iter().enumerate().take(counter::REASONS.len()) {
@@ -430,7 +417,9 @@ mod tests {
         });
         poll.lost[1] = 3;
         poll.tracked = 1;
-        m.record(&poll, &mut CgroupResolver::new(), &Classifier::default());
+        let labelled = crate::enrich::label::Enricher::new(Vec::new(), "/nonexistent".into())
+            .label(&poll, &Default::default());
+        m.record(&poll, &labelled);
         let text = Metrics::encode(&m.registry);
         assert!(text.contains(r#"sensor_file_read_bytes_total{comm="we\"ird\\na\nme",container="",watched="true"} 60"#), "{text}");
         assert!(text.contains(r#"watched="false"} 40"#), "{text}");
