@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod netns;
+pub mod scenario;
 pub mod scrape;
 pub mod workload;
 

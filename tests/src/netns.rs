@@ -1,6 +1,7 @@
 //! A "remote" host: a network namespace joined to this one by a veth pair,
-//! addressed from the benchmarking ranges (198.18.0.0/15, 2001:2::/48).
-//! Deleted on drop, also when the test panics.
+//! addressed from the benchmarking ranges (198.18.0.0/15, 2001:2::/48) on a
+//! subnet allocated for it ([`Subnet::claim`]). Deleted on drop, also when
+//! the test panics; the subnet is released after.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -11,16 +12,20 @@ use std::{
     },
 };
 
+use crate::scenario::Subnet;
+
 const PREFIX: &str = "sensor-t";
 
 pub struct Peer {
     pub ns: String,
     /// This host's end.
     pub host_ip: Ipv4Addr,
-    /// The peer's IPv4 address, 198.18.N.2.
+    /// The peer's IPv4 address, `.2` on its subnet.
     pub ip: Ipv4Addr,
-    /// The peer's IPv6 address, 2001:2:0:N::2.
+    /// The peer's IPv6 address, `::2` on its subnet.
     pub ip6: Ipv6Addr,
+    /// Held until the namespace is gone (fields drop after `Drop::drop`).
+    pub subnet: Subnet,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -52,8 +57,10 @@ fn remove_stale() {
 }
 
 impl Peer {
-    /// A peer on subnet `198.18.<subnet>.0/24`; each test uses its own subnet.
-    pub fn new(subnet: u8) -> Peer {
+    /// A peer on a subnet of its own, unique among all test processes
+    /// running now.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Peer {
         static CLEAN: Once = Once::new();
         static N: AtomicU32 = AtomicU32::new(0);
         CLEAN.call_once(remove_stale);
@@ -62,15 +69,15 @@ impl Peer {
         let ns = format!("{PREFIX}{pid}-{n}");
         let host_if = format!("sv{}x{n}", pid % 100_000);
         let peer_if = format!("{host_if}p");
-        let host_ip = Ipv4Addr::new(198, 18, subnet, 1);
-        let peer_ip = Ipv4Addr::new(198, 18, subnet, 2);
-        let host_ip6 = format!("2001:2:0:{subnet}::1");
-        let peer_ip6: Ipv6Addr = format!("2001:2:0:{subnet}::2").parse().expect("ipv6");
+        let subnet = Subnet::claim();
+        let (host_ip, peer_ip) = (subnet.v4(1), subnet.v4(2));
+        let (host_ip6, peer_ip6) = (subnet.v6(1), subnet.v6(2));
         let peer = Peer {
             ns: ns.clone(),
             host_ip,
             ip: peer_ip,
             ip6: peer_ip6,
+            subnet,
         };
         // From here on, drop deletes the namespace (and the veth pair with it).
         let setup = || -> anyhow::Result<()> {
@@ -126,6 +133,16 @@ impl Peer {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns]).arg(program);
         c
+    }
+
+    /// The peer's IPv4 subnet, `a.b.c.0/24` (for `--trusted-cidr`).
+    pub fn cidr4(&self) -> String {
+        self.subnet.cidr4()
+    }
+
+    /// The peer's IPv6 subnet, `2001:2:0:N::/64`.
+    pub fn cidr6(&self) -> String {
+        self.subnet.cidr6()
     }
 
     pub fn addr(&self, v6: bool) -> IpAddr {

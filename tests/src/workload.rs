@@ -81,21 +81,20 @@ fn parse(stdout: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("workload printed no report: {stdout}"))
 }
 
-/// Reads `file` and sends it over TCP to a sink at `peer`:`port`, as `comm`
-/// (`read-send` in a session of its own); waits for the sink to have it all
-/// and returns the workload's report (`pid`, `read_bytes`, `sent_bytes`, …).
+/// Reads `file` and sends it over TCP to a sink in `peer`'s namespace (on a
+/// port the sink got from the kernel), as `comm` (`read-send` in a session
+/// of its own); waits for the sink to have it all and returns the
+/// workload's report (`pid`, `read_bytes`, `sent_bytes`, …).
 pub fn exfiltrate(
     peer: &crate::netns::Peer,
     comm: &str,
     file: &std::path::Path,
-    port: u16,
 ) -> serde_json::Value {
-    let to = format!("{}:{port}", peer.ip);
     let mut cmd = peer.command(program("exfil-sink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
+    cmd.args(["tcp-sink", "--listen", &format!("{}:0", peer.ip)]);
     let sink = Sink::start(cmd);
     let file = file.to_str().expect("UTF-8 path");
-    let r = report(comm, &["read-send", "--file", file, "--to", &to]);
+    let r = report(comm, &["read-send", "--file", file, "--to", sink.addr()]);
     sink.finish();
     r
 }
@@ -104,10 +103,13 @@ pub fn exfiltrate(
 pub struct Sink {
     child: Child,
     reader: BufReader<std::process::ChildStdout>,
+    addr: String,
 }
 
 impl Sink {
-    /// Starts `cmd` (a `tcp-sink`/`udp-sink`/`unix-sink`) and waits for it to listen.
+    /// Starts `cmd` (a `tcp-sink`/`udp-sink`/`unix-sink`) and waits for it to
+    /// listen. Give it `--listen IP:0`: the kernel picks a free port in the
+    /// sink's namespace and [`Sink::addr`] says which.
     pub fn start(mut cmd: Command) -> Sink {
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -117,11 +119,30 @@ impl Sink {
         let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         reader.read_line(&mut line).expect("sink output");
-        assert!(
-            line.starts_with("listening"),
-            "sink did not start: {line:?}"
-        );
-        Sink { child, reader }
+        let addr = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("sink did not start: {line:?}"))
+            .trim()
+            .to_string();
+        Sink {
+            child,
+            reader,
+            addr,
+        }
+    }
+
+    /// Where the sink listens, as it printed it (`IP:PORT`, `[IP6]:PORT`
+    /// or a unix socket path): what a workload's `--to` takes.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The port the sink was given.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("sink address {} has no port", self.addr))
     }
 
     pub fn finish(mut self) -> u64 {

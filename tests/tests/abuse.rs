@@ -127,8 +127,8 @@ fn abuse_keeps_the_agent_bounded_and_on_time_and_exfiltration_still_alerts() {
     args.extend(SCALED_THRESHOLDS);
     let agent = Agent::start(&args);
     let rss_idle = rss_kib(agent.pid());
-    let spray_peer = Peer::new(125);
-    let exfil_peer = Peer::new(124);
+    let spray_peer = Peer::new();
+    let exfil_peer = Peer::new();
 
     let chatter = Abuser::start(
         "ab-chatter",
@@ -193,7 +193,7 @@ fn abuse_keeps_the_agent_bounded_and_on_time_and_exfiltration_still_alerts() {
         let secret = secret.clone();
         move || {
             std::thread::sleep(Duration::from_secs(10));
-            workload::exfiltrate(&exfil_peer, "ab-exfil", &secret, 9412)
+            workload::exfiltrate(&exfil_peer, "ab-exfil", &secret)
         }
     });
     let start = Instant::now();

@@ -96,10 +96,10 @@ impl Drop for Alertmanager {
 }
 
 /// Writes 32 MiB of weights into `dir` and sends them to `peer`; returns the sender's pid.
-fn exfiltrate(dir: &std::path::Path, peer: &Peer, comm: &str, port: u16) -> u64 {
+fn exfiltrate(dir: &std::path::Path, peer: &Peer, comm: &str) -> u64 {
     let weights = dir.join("w.safetensors");
     std::fs::write(&weights, vec![5u8; 32 * MIB as usize]).unwrap();
-    workload::exfiltrate(peer, comm, &weights, port)["pid"]
+    workload::exfiltrate(peer, comm, &weights)["pid"]
         .as_u64()
         .expect("pid")
 }
@@ -110,7 +110,7 @@ const WINDOW: [&str; 2] = ["--window", "60"];
 fn alert_reaches_alertmanager_v2_api() {
     let am = Alertmanager::start();
     let dir = tempfile::tempdir().unwrap();
-    let peer = Peer::new(100);
+    let peer = Peer::new();
     let mut args = vec![
         "--watch",
         dir.path().to_str().unwrap(),
@@ -120,7 +120,7 @@ fn alert_reaches_alertmanager_v2_api() {
     args.extend_from_slice(&tests::SCALED_THRESHOLDS);
     args.extend_from_slice(&WINDOW);
     let agent = Agent::start(&args);
-    let pid = exfiltrate(dir.path(), &peer, "am-exfil", 8100);
+    let pid = exfiltrate(dir.path(), &peer, "am-exfil");
     let (_, line) = agent.wait_for_alert(Duration::from_secs(15), "stdout alert", |a| {
         a["pid"].as_u64() == Some(pid)
     });
@@ -162,7 +162,7 @@ fn alert_reaches_alertmanager_v2_api() {
 #[test]
 fn alertmanager_down_does_not_hold_back_alerts_or_counting() {
     let dir = tempfile::tempdir().unwrap();
-    let peer = Peer::new(101);
+    let peer = Peer::new();
     // Nothing listens there.
     let url = format!("http://127.0.0.1:{}", free_port());
     let mut args = vec![
@@ -174,7 +174,7 @@ fn alertmanager_down_does_not_hold_back_alerts_or_counting() {
     args.extend_from_slice(&tests::SCALED_THRESHOLDS);
     args.extend_from_slice(&WINDOW);
     let agent = Agent::start(&args);
-    let pid = exfiltrate(dir.path(), &peer, "am-down-exfil", 8101);
+    let pid = exfiltrate(dir.path(), &peer, "am-down-exfil");
     agent.wait_for_alert(
         Duration::from_secs(15),
         "stdout alert with Alertmanager down",

@@ -89,7 +89,7 @@ fn write_file(path: &Path, mib: u64) {
 
 #[test]
 fn audit_records_each_file_read_and_what_the_reader_sent() {
-    let peer = Peer::new(150);
+    let peer = Peer::new();
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("weights");
     std::fs::create_dir(&weights).unwrap();
@@ -98,10 +98,10 @@ fn audit_records_each_file_read_and_what_the_reader_sent() {
     write_file(&b, 8);
     let log = dir.path().join("audit.log");
     let agent = audited(&weights, &log, &["--audit-interval", "600"]);
-    let to = format!("{}:7500", peer.ip);
     let mut cmd = peer.command(workload::program("au-sink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
+    cmd.args(["tcp-sink", "--listen", &format!("{}:0", peer.ip)]);
     let sink = Sink::start(cmd);
+    let (to, port) = (sink.addr().to_string(), sink.port());
     let truth = workload::report(
         "au-reader",
         &[
@@ -145,7 +145,7 @@ fn audit_records_each_file_read_and_what_the_reader_sent() {
         let dests = r["destinations"].as_array().unwrap();
         assert!(
             dests.iter().any(|d| d["addr"] == peer.ip.to_string()
-                && d["port"] == 7500
+                && d["port"] == port
                 && d["class"] == "untrusted"),
             "destination of {path}: {r}"
         );

@@ -300,8 +300,8 @@ fn the_image_runs_as_the_daemonset_runs_it_counts_and_alerts() {
     // A host workload exfiltrates weights from the mounted /models.
     let weights = remapped["/models"].join("llama.safetensors");
     tests::pattern_file(&weights, 96 * MIB).unwrap();
-    let peer = Peer::new(123);
-    let report = workload::exfiltrate(&peer, "ct-exfil", &weights, 9103);
+    let peer = Peer::new();
+    let report = workload::exfiltrate(&peer, "ct-exfil", &weights);
     let read = report["read_bytes"].as_u64().unwrap();
     let sent = report["sent_bytes"].as_u64().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);

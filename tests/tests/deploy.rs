@@ -145,15 +145,15 @@ fn shipped_rules_are_valid_and_the_prometheusrule_matches_them() {
 }
 
 /// An agent that watched an exfiltration and alerted on it.
-fn exfil_scene(subnet: u8) -> (Agent, tempfile::TempDir, Peer) {
+fn exfil_scene() -> (Agent, tempfile::TempDir, Peer) {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("m.safetensors");
     std::fs::write(&weights, vec![9u8; 32 * MIB as usize]).unwrap();
-    let peer = Peer::new(subnet);
+    let peer = Peer::new();
     let mut args = vec!["--watch", dir.path().to_str().unwrap()];
     args.extend_from_slice(&tests::SCALED_THRESHOLDS);
     let agent = Agent::start(&args);
-    let r = workload::exfiltrate(&peer, &format!("dp-exfil-{subnet}"), &weights, 9100);
+    let r = workload::exfiltrate(&peer, "dp-exfil", &weights);
     let pid = r["pid"].as_u64().unwrap();
     agent.wait_for_alert(Duration::from_secs(15), "exfiltration", |a| {
         a["pid"].as_u64() == Some(pid)
@@ -163,7 +163,7 @@ fn exfil_scene(subnet: u8) -> (Agent, tempfile::TempDir, Peer) {
 
 #[test]
 fn dashboard_queries_and_promtool_lint_a_real_scrape() {
-    let (agent, _dir, _peer) = exfil_scene(120);
+    let (agent, _dir, _peer) = exfil_scene();
     let metrics = scrape::get(&agent.metrics_url).unwrap();
     // promtool's own linter on what the agent serves.
     let mut child = Command::new("promtool")
@@ -325,8 +325,8 @@ fn prometheus_scrapes_and_the_shipped_rule_reaches_alertmanager() {
     // Exfiltration.
     let weights = agent_dir.join("m.safetensors");
     std::fs::write(&weights, vec![9u8; 32 * MIB as usize]).unwrap();
-    let peer = Peer::new(121);
-    workload::exfiltrate(&peer, "dp-e2e", &weights, 9101);
+    let peer = Peer::new();
+    workload::exfiltrate(&peer, "dp-e2e", &weights);
     // The rule's alert arrives in Alertmanager.
     let deadline = Instant::now() + Duration::from_secs(60);
     let alert = loop {
@@ -487,8 +487,8 @@ fn sensor_run_under_the_daemonset_capability_set_counts_and_alerts() {
     assert_eq!(field("NoNewPrivs:"), "1");
     let weights = dir.path().join("m.safetensors");
     tests::pattern_file(&weights, 24 * MIB).unwrap();
-    let peer = Peer::new(122);
-    let report = workload::exfiltrate(&peer, "dp-caps", &weights, 9102);
+    let peer = Peer::new();
+    let report = workload::exfiltrate(&peer, "dp-caps", &weights);
     let read = report["read_bytes"].as_u64().unwrap();
     let sent = report["sent_bytes"].as_u64().unwrap();
     let m = agent.wait_for(Duration::from_secs(10), "the workload's counts", |m| {

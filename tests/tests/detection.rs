@@ -7,13 +7,17 @@
 
 use std::{
     io::Write,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use tests::{agent::Agent, netns::Peer, workload, workload::Sink};
+use tests::{
+    scenario::{Rule, Scenario, Scene, To, Workload},
+    workload,
+};
 
 const MIB: u64 = 1 << 20;
 const FILE_BYTES: u64 = 32 * MIB;
@@ -37,66 +41,46 @@ fn random_file(path: &Path, bytes: u64) {
     f.sync_all().unwrap();
 }
 
-struct Scene {
+/// The watched directory and its 32 MiB of weights.
+struct Weights {
     dir: tempfile::TempDir,
-    weights: PathBuf,
-    untrusted: Peer,
-    trusted: Peer,
-    agent: Agent,
+    file: PathBuf,
 }
 
-impl Scene {
-    /// A watched directory with 32 MiB of weights, an untrusted and a
-    /// trusted peer (subnets `u` and `t`), and the agent.
-    fn new(u: u8, t: u8, extra: &[&str]) -> Scene {
+impl Weights {
+    fn new() -> Weights {
         let dir = tempfile::Builder::new()
             .prefix("sensor-dt")
             .tempdir()
             .unwrap();
-        let weights = dir.path().join("model-00001-of-00002.safetensors");
-        random_file(&weights, FILE_BYTES);
-        let untrusted = Peer::new(u);
-        let trusted = Peer::new(t);
-        let (t4, t6) = (format!("198.18.{t}.0/24"), format!("2001:2:0:{t}::/64"));
-        let mut args = vec!["--watch", dir.path().to_str().unwrap()];
-        args.extend(tests::SCALED_THRESHOLDS);
-        args.extend([
-            "--min-send-ratio",
-            "0.5",
-            "--window",
-            "60",
-            "--trusted-cidr",
-            &t4,
-            "--trusted-cidr",
-            &t6,
-        ]);
-        args.extend_from_slice(extra);
-        let agent = Agent::start(&args);
-        Scene {
-            dir,
-            weights,
-            untrusted,
-            trusted,
-            agent,
-        }
+        let file = dir.path().join("model-00001-of-00002.safetensors");
+        random_file(&file, FILE_BYTES);
+        Weights { dir, file }
     }
 
-    fn weights(&self) -> &str {
-        self.weights.to_str().unwrap()
+    fn path(&self) -> &Path {
+        &self.file
     }
 
-    /// A sink in `peer`'s namespace.
-    fn sink(&self, peer: &Peer, proto: &str, to: &str, conns: u64) -> Sink {
-        let mut cmd = peer.command(workload::program("dt-sink"));
-        cmd.args([
-            &format!("{proto}-sink"),
-            "--listen",
-            to,
-            "--conns",
-            &conns.to_string(),
-        ]);
-        Sink::start(cmd)
+    fn str(&self) -> &str {
+        self.file.to_str().unwrap()
     }
+}
+
+/// The suite's scenario: the weights watched, thresholds scaled down
+/// (ratio 0.5, 60 s window), an untrusted and a trusted peer.
+fn scenario(w: &Weights) -> Scenario {
+    Scenario::new()
+        .watch(w.dir.path())
+        .thresholds(&tests::SCALED_THRESHOLDS)
+        .args(&["--min-send-ratio", "0.5", "--window", "60"])
+        .untrusted_peer()
+        .trusted_peer()
+}
+
+/// `read-send` of the weights, marking when the thresholds are crossed.
+fn read_send(w: &Weights) -> Workload {
+    Workload::read_send(w.path()).arg("--mark-sent", &MARK.to_string())
 }
 
 fn pids(a: &Value) -> Vec<u64> {
@@ -111,22 +95,23 @@ fn u(a: &Value, k: &str) -> u64 {
         .unwrap_or_else(|| panic!("alert has no {k}: {a}"))
 }
 
-/// Waits for the alert naming `pid` and checks what every alert must say.
-fn expect_alert(
-    s: &Scene,
-    what: &str,
-    scope: &str,
-    pid: u64,
-    crossed_ms: u64,
-    dest: &str,
-) -> Value {
-    let (at, a) = s
-        .agent
-        .wait_for_alert(Duration::from_secs(15), what, |a| pids(a).contains(&pid));
-    assert_eq!(a["rule"], "read_then_send", "{what}: {a}");
-    assert_eq!(a["scope"], scope, "{what}: {a}");
-    assert_eq!(u(&a, "pid"), pid, "{what}: the alert names the sender: {a}");
-    assert_eq!(a["severity"], "critical");
+fn report_u(r: &Value, k: &str) -> u64 {
+    r[k].as_u64()
+        .unwrap_or_else(|| panic!("workload report has no {k}: {r}"))
+}
+
+/// The `read_then_send` alert naming `pid` (latency from `from_ms`), with
+/// what every alert must say: critical, the 60 s window, the scaled
+/// thresholds crossed, `dest` (untrusted) first among the destinations.
+fn exfil_alert(s: &Scene, what: &str, scope: &str, pid: u64, from_ms: u64, dest: IpAddr) -> Value {
+    let a = s
+        .expect_alert(Rule::ReadThenSend, what)
+        .naming_pid(pid)
+        .scope(scope)
+        .severity("critical")
+        .first_destination(dest, "untrusted")
+        .latency_from(from_ms)
+        .within(Duration::from_secs(15));
     assert_eq!(u(&a, "window_s"), 60);
     let (read, sent) = (u(&a, "watched_read_bytes"), u(&a, "sent_bytes"));
     assert!(
@@ -137,100 +122,43 @@ fn expect_alert(
         sent >= 8 * MIB && sent * 2 >= read,
         "{what}: sent_bytes {sent} (read {read})"
     );
-    let d0 = &a["destinations"][0];
-    assert_eq!(
-        (d0["addr"].as_str(), d0["class"].as_str()),
-        (Some(dest), Some("untrusted")),
-        "{what}: {a}"
-    );
     assert!(
         !a["ts"].as_str().unwrap_or("").is_empty() && !a["host"].as_str().unwrap_or("").is_empty()
     );
-    let latency = at.saturating_sub(crossed_ms);
-    eprintln!("LATENCY {what}: {latency} ms (scope {scope}, read {read}, sent {sent})");
+    eprintln!("{what}: read {read}, sent {sent}");
     a
 }
 
-/// Waits until the agent has counted `comm`'s bytes, then two more polls,
-/// and checks no alert names any of `pids`.
-fn expect_silence(s: &Scene, what: &str, comm: &str, pids_: &[u64]) {
-    s.agent.wait_for(Duration::from_secs(10), what, |m| {
-        m.sum("sensor_file_read_bytes_total", &[("comm", comm)])
-            + m.sum("sensor_socket_send_bytes_total", &[("comm", comm)])
-            > 0
-    });
-    std::thread::sleep(Duration::from_millis(600));
-    let noisy: Vec<Value> = s
-        .agent
-        .alerts()
-        .into_iter()
-        .map(|(_, a)| a)
-        .filter(|a| pids(a).iter().any(|p| pids_.contains(p)))
-        .collect();
-    assert!(
-        noisy.is_empty(),
-        "{what}: benign workload alerted: {noisy:?}"
-    );
-    eprintln!("SILENT {what}");
-}
-
-/// `read-send` of the scene's weights as `comm` to `to`, marking when the
-/// thresholds are crossed; `extra` adds options.
-fn read_send(s: &Scene, comm: &str, to: &str, extra: &[&str]) -> Value {
-    let mark = MARK.to_string();
-    let mut args = vec![
-        "read-send",
-        "--file",
-        s.weights(),
-        "--to",
-        to,
-        "--mark-sent",
-        &mark,
-    ];
-    args.extend_from_slice(extra);
-    workload::report(comm, &args)
-}
-
-/// The alert for the sender of report `r`, latency from its `key` time.
-fn alert_for(s: &Scene, what: &str, scope: &str, r: &Value, key: &str, dest: &str) -> Value {
-    expect_alert(s, what, scope, report_u(r, "pid"), report_u(r, key), dest)
+/// Once the agent has counted `comm`'s bytes, two more polls without an
+/// alert naming any of `pids`.
+fn expect_silence(s: &Scene, what: &str, comm: &str, pids: &[u64]) {
+    s.expect_silence(what)
+        .once_counted(comm)
+        .for_pids(pids)
+        .after(Duration::from_millis(600));
 }
 
 /// The plain attack: `read-send` of the weights over `conns` TCP connections
 /// to the untrusted peer (IPv6 when `v6`), with `extra` options; a process alert.
-fn process_attack(
-    subnets: (u8, u8),
-    comm: &str,
-    port: u16,
-    v6: bool,
-    conns: u64,
-    extra: &[&str],
-    what: &str,
-) {
-    let s = Scene::new(subnets.0, subnets.1, &[]);
-    let host = if v6 {
-        format!("[{}]", s.untrusted.ip6)
+fn process_attack(comm: &str, v6: bool, conns: u64, extra: &[(&str, &str)], what: &str) {
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let to = if v6 {
+        To::untrusted().v6()
     } else {
-        s.untrusted.ip.to_string()
+        To::untrusted()
     };
-    let to = format!("{host}:{port}");
-    let sink = s.sink(&s.untrusted, "tcp", &to, conns);
-    let conns = conns.to_string();
-    let mut args = vec!["--conns", conns.as_str()];
-    args.extend_from_slice(extra);
-    let r = read_send(&s, comm, &to, &args);
-    assert_eq!(sink.finish(), FILE_BYTES);
-    let dest = if v6 {
-        s.untrusted.ip6.to_string()
-    } else {
-        s.untrusted.ip.to_string()
-    };
-    alert_for(&s, what, "process", &r, "crossed_ms", &dest);
-}
-
-fn report_u(r: &Value, k: &str) -> u64 {
-    r[k].as_u64()
-        .unwrap_or_else(|| panic!("workload report has no {k}: {r}"))
+    let mut work = read_send(&w)
+        .as_comm(comm)
+        .arg("--conns", &conns.to_string())
+        .to(to.conns(conns));
+    for (flag, value) in extra {
+        work = work.arg(flag, value);
+    }
+    let r = s.run(work);
+    assert_eq!(r.received(), FILE_BYTES);
+    let dest = s.untrusted().addr(v6);
+    exfil_alert(&s, what, "process", r.pid(), r.u("crossed_ms"), dest);
 }
 
 // ---------------------------------------------------------------- attacks
@@ -238,22 +166,19 @@ fn report_u(r: &Value, k: &str) -> u64 {
 #[test]
 fn attack_one_process_tcp() {
     let alerts_file = tempfile::NamedTempFile::new().unwrap();
-    let s = Scene::new(
-        60,
-        61,
-        &["--alerts-file", alerts_file.path().to_str().unwrap()],
-    );
-    let to = format!("{}:8001", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = read_send(&s, "dt-tcp", &to, &[]);
-    assert_eq!(sink.finish(), FILE_BYTES);
-    let a = alert_for(
+    let w = Weights::new();
+    let s = scenario(&w)
+        .arg("--alerts-file", alerts_file.path().to_str().unwrap())
+        .start();
+    let r = s.run(read_send(&w).as_comm("dt-tcp").to(To::untrusted()));
+    assert_eq!(r.received(), FILE_BYTES);
+    let a = exfil_alert(
         &s,
         "one process, TCP",
         "process",
-        &r,
-        "crossed_ms",
-        &s.untrusted.ip.to_string(),
+        r.pid(),
+        r.u("crossed_ms"),
+        s.untrusted().ip.into(),
     );
     assert_eq!(a["comm"], "dt-tcp");
     // /proc/PID/exe (resolved) while alive, else the path given to execve.
@@ -263,8 +188,8 @@ fn attack_one_process_tcp() {
         "{a}"
     );
     assert!(a["cmdline"].as_str().unwrap().contains("read-send"), "{a}");
-    assert_eq!(a["top_files"][0]["path"], s.weights(), "{a}");
-    assert_eq!(a["destinations"][0]["port"], 8001);
+    assert_eq!(a["top_files"][0]["path"], w.str(), "{a}");
+    assert_eq!(a["destinations"][0]["port"], r.port());
     // The same line went to the alerts file, and the counter moved.
     let file = std::fs::read_to_string(alerts_file.path()).unwrap();
     let line: Value =
@@ -282,89 +207,67 @@ fn attack_one_process_tcp() {
 
 #[test]
 fn attack_one_process_udp() {
-    let s = Scene::new(62, 63, &[]);
-    let to = format!("{}:8002", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "udp", &to, 1);
-    let r = read_send(&s, "dt-udp", &to, &["--proto", "udp"]);
-    sink.finish();
-    alert_for(
-        &s,
-        "one process, unconnected UDP",
-        "process",
-        &r,
-        "crossed_ms",
-        &s.untrusted.ip.to_string(),
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        read_send(&w)
+            .as_comm("dt-udp")
+            .arg("--proto", "udp")
+            .to(To::untrusted().udp()),
     );
+    let dest = s.untrusted().ip.into();
+    let what = "one process, unconnected UDP";
+    exfil_alert(&s, what, "process", r.pid(), r.u("crossed_ms"), dest);
 }
 
 #[test]
 fn attack_sendfile_weights_to_socket() {
-    let s = Scene::new(64, 65, &[]);
-    let to = format!("{}:8003", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-sendfile",
-        &[
-            "tcp-send",
-            "--api",
-            "sendfile",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-        ],
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        Workload::send_file("sendfile", w.path())
+            .as_comm("dt-sendfile")
+            .to(To::untrusted()),
     );
-    assert_eq!(sink.finish(), FILE_BYTES);
+    assert_eq!(r.received(), FILE_BYTES);
     // No byte-level mark inside sendfile(2): latency is measured from its end.
-    alert_for(
-        &s,
-        "sendfile",
-        "process",
-        &r,
-        "done_ms",
-        &s.untrusted.ip.to_string(),
-    );
+    let dest = s.untrusted().ip.into();
+    exfil_alert(&s, "sendfile", "process", r.pid(), r.u("done_ms"), dest);
 }
 
 #[test]
 fn attack_mmap_and_send_from_the_mapping() {
-    let s = Scene::new(66, 67, &[]);
-    let to = format!("{}:8004", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let mark = MARK.to_string();
-    let r = workload::report(
-        "dt-mmap",
-        &[
-            "mmap-send",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--mark-sent",
-            &mark,
-        ],
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        Workload::mmap_send(w.path())
+            .as_comm("dt-mmap")
+            .arg("--mark-sent", &MARK.to_string())
+            .to(To::untrusted()),
     );
-    assert_eq!(sink.finish(), FILE_BYTES);
-    alert_for(
+    assert_eq!(r.received(), FILE_BYTES);
+    let dest = s.untrusted().ip.into();
+    exfil_alert(
         &s,
         "mmap then send",
         "process",
-        &r,
-        "crossed_ms",
-        &s.untrusted.ip.to_string(),
+        r.pid(),
+        r.u("crossed_ms"),
+        dest,
     );
 }
 
 #[test]
 fn attack_shell_pipeline_reader_compressor_sender() {
-    let s = Scene::new(68, 69, &[]);
-    let to = format!("{}:8005", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let sink = s.sink(&To::untrusted());
     let sender = workload::program("dt-pipe-send");
     let script = format!(
-        "cat {} | gzip -1 | {} stdin-send --to {to} --mark-sent {MARK}",
-        s.weights(),
-        sender.display()
+        "cat {} | gzip -1 | {} stdin-send --to {} --mark-sent {MARK}",
+        w.str(),
+        sender.display(),
+        sink.addr()
     );
     let out = Command::new("setsid")
         .args(["-w", "sh", "-c", &script])
@@ -380,13 +283,13 @@ fn attack_shell_pipeline_reader_compressor_sender() {
         sink.finish() >= FILE_BYTES,
         "gzip -1 does not shrink random bytes"
     );
-    let a = expect_alert(
+    let a = exfil_alert(
         &s,
         "tar|gzip|nc-style pipeline",
         "session",
         report_u(&r, "pid"),
         report_u(&r, "crossed_ms"),
-        &s.untrusted.ip.to_string(),
+        s.untrusted().ip.into(),
     );
     assert!(
         pids(&a).len() >= 2,
@@ -396,17 +299,17 @@ fn attack_shell_pipeline_reader_compressor_sender() {
 
 #[test]
 fn attack_reader_pipes_to_a_child_that_sends() {
-    let s = Scene::new(70, 71, &[]);
-    let to = format!("{}:8006", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let sink = s.sink(&To::untrusted());
     let child = workload::program("dt-relay-send");
     let out = workload::command("dt-relay-read")
         .args([
             "relay",
             "--file",
-            s.weights(),
+            w.str(),
             "--to",
-            &to,
+            sink.addr(),
             "--sender",
             child.to_str().unwrap(),
             "--mark-sent",
@@ -432,13 +335,13 @@ fn attack_reader_pipes_to_a_child_that_sends() {
         .find(|r| r.get("read_bytes").is_some())
         .expect("reader report");
     assert_eq!(sink.finish(), FILE_BYTES);
-    let a = expect_alert(
+    let a = exfil_alert(
         &s,
         "reader -> pipe -> child sender",
         "session",
         report_u(sender, "pid"),
         report_u(sender, "crossed_ms"),
-        &s.untrusted.ip.to_string(),
+        s.untrusted().ip.into(),
     );
     assert!(pids(&a).contains(&report_u(reader, "pid")), "{a}");
 }
@@ -446,12 +349,10 @@ fn attack_reader_pipes_to_a_child_that_sends() {
 #[test]
 fn attack_small_chunks_over_several_connections() {
     process_attack(
-        (72, 73),
         "dt-chunks",
-        8007,
         false,
         8,
-        &["--chunk", "4096"],
+        &[("--chunk", "4096")],
         "4 KiB chunks over 8 connections",
     );
 }
@@ -459,44 +360,37 @@ fn attack_small_chunks_over_several_connections() {
 #[test]
 fn attack_bursts_spread_over_the_window() {
     process_attack(
-        (74, 75),
         "dt-bursts",
-        8008,
         false,
         1,
-        &["--bursts", "4", "--gap-ms", "1500"],
+        &[("--bursts", "4"), ("--gap-ms", "1500")],
         "4 bursts 1.5 s apart",
     );
 }
 
 #[test]
 fn attack_ipv6_destination() {
-    process_attack((76, 77), "dt-ipv6", 8009, true, 1, &[], "IPv6");
+    process_attack("dt-ipv6", true, 1, &[], "IPv6");
 }
 
 #[test]
 fn attack_untrusted_alongside_trusted_traffic() {
-    let s = Scene::new(78, 79, &[]);
-    let to = format!("{}:8010", s.untrusted.ip);
-    let trusted_to = format!("{}:8010", s.trusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let tsink = s.sink(&s.trusted, "tcp", &trusted_to, 1);
-    let bytes = (24 * MIB).to_string();
-    let r = read_send(
-        &s,
-        "dt-mixed",
-        &to,
-        &["--trusted-to", &trusted_to, "--send-bytes", &bytes],
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        read_send(&w)
+            .as_comm("dt-mixed")
+            .arg("--send-bytes", &(24 * MIB).to_string())
+            .to(To::untrusted())
+            .to(To::trusted().flag("--trusted-to")),
     );
-    sink.finish();
-    tsink.finish();
-    let a = alert_for(
+    let a = exfil_alert(
         &s,
         "untrusted beside trusted",
         "process",
-        &r,
-        "crossed_ms",
-        &s.untrusted.ip.to_string(),
+        r.pid(),
+        r.u("crossed_ms"),
+        s.untrusted().ip.into(),
     );
     // Trusted bytes are listed but not counted as sent out.
     assert!(u(&a, "sent_bytes") <= 24 * MIB, "{a}");
@@ -555,21 +449,18 @@ impl Drop for FakeContainer {
 
 #[test]
 fn attack_container_reader_and_sender_in_separate_sessions() {
-    let s = Scene::new(80, 81, &[]);
+    let w = Weights::new();
+    let s = scenario(&w).start();
     let c = FakeContainer::new();
-    let to = format!("{}:8011", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let reader = c.run(
-        "dt-ct-read",
-        &["read", "--file", s.weights(), "--bs", "65536"],
-    );
+    let sink = s.sink(&To::untrusted());
+    let reader = c.run("dt-ct-read", &["read", "--file", w.str(), "--bs", "65536"]);
     assert_eq!(report_u(&reader, "read_bytes"), FILE_BYTES);
     let sender = c.run(
         "dt-ct-send",
         &[
             "tcp-send",
             "--to",
-            &to,
+            sink.addr(),
             "--bytes",
             &FILE_BYTES.to_string(),
             "--chunk",
@@ -577,13 +468,13 @@ fn attack_container_reader_and_sender_in_separate_sessions() {
         ],
     );
     sink.finish();
-    let a = expect_alert(
+    let a = exfil_alert(
         &s,
         "container, two sessions",
         "container",
         report_u(&sender, "pid"),
         report_u(&sender, "done_ms"),
-        &s.untrusted.ip.to_string(),
+        s.untrusted().ip.into(),
     );
     assert_eq!(a["container"], c.id.as_str(), "{a}");
     assert!(pids(&a).contains(&report_u(&reader, "pid")), "{a}");
@@ -593,77 +484,56 @@ fn attack_container_reader_and_sender_in_separate_sessions() {
 
 #[test]
 fn benign_model_server_loads_then_streams_small_responses() {
-    let s = Scene::new(82, 83, &[]);
-    let to = format!("{}:8020", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-b-server",
-        &[
-            "read-send",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-            "--send-bytes",
-            "262144",
-            "--chunk",
-            "512",
-        ],
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        Workload::read_send(w.path())
+            .as_comm("dt-b-server")
+            .arg("--send-bytes", "262144")
+            .arg("--chunk", "512")
+            .to(To::untrusted()),
     );
-    sink.finish();
-    expect_silence(&s, "model server", "dt-b-server", &[report_u(&r, "pid")]);
+    expect_silence(&s, "model server", "dt-b-server", &[r.pid()]);
 }
 
 #[test]
 fn benign_trainer_sends_gradients_to_trusted_cidr() {
-    let s = Scene::new(84, 85, &[]);
-    let to = format!("{}:8021", s.trusted.ip);
-    let sink = s.sink(&s.trusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-b-trainer",
-        &["read-send", "--file", s.weights(), "--to", &to],
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        Workload::read_send(w.path())
+            .as_comm("dt-b-trainer")
+            .to(To::trusted()),
     );
-    assert_eq!(sink.finish(), FILE_BYTES);
-    expect_silence(
-        &s,
-        "trainer to trusted",
-        "dt-b-trainer",
-        &[report_u(&r, "pid")],
-    );
+    assert_eq!(r.received(), FILE_BYTES);
+    expect_silence(&s, "trainer to trusted", "dt-b-trainer", &[r.pid()]);
 }
 
 #[test]
 fn benign_backup_job_to_trusted_cidr() {
-    let s = Scene::new(86, 87, &[]);
-    let to = format!("[{}]:8022", s.trusted.ip6);
-    let sink = s.sink(&s.trusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-b-backup",
-        &[
-            "tcp-send",
-            "--api",
-            "sendfile",
-            "--file",
-            s.weights(),
-            "--to",
-            &to,
-        ],
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        Workload::send_file("sendfile", w.path())
+            .as_comm("dt-b-backup")
+            .to(To::trusted().v6()),
     );
-    assert_eq!(sink.finish(), FILE_BYTES);
+    assert_eq!(r.received(), FILE_BYTES);
     expect_silence(
         &s,
         "backup (sendfile) to trusted IPv6",
         "dt-b-backup",
-        &[report_u(&r, "pid")],
+        &[r.pid()],
     );
 }
 
 #[test]
 fn benign_cp_between_local_directories() {
-    let s = Scene::new(88, 89, &[]);
+    let w = Weights::new();
+    let s = scenario(&w).start();
     let out = tempfile::tempdir().unwrap();
     let status = Command::new("setsid")
-        .args(["-w", "cp", s.weights(), out.path().to_str().unwrap()])
+        .args(["-w", "cp", w.str(), out.path().to_str().unwrap()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -689,60 +559,45 @@ fn benign_cp_between_local_directories() {
 
 #[test]
 fn benign_reads_weights_and_sends_only_to_loopback() {
-    let s = Scene::new(90, 91, &[]);
-    let to = "127.0.0.1:8023";
-    let mut cmd = Command::new(workload::program("dt-sink"));
-    cmd.args(["tcp-sink", "--listen", to]);
-    let sink = Sink::start(cmd);
-    let r = workload::report(
-        "dt-b-loop",
-        &["read-send", "--file", s.weights(), "--to", to],
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let r = s.run(
+        Workload::read_send(w.path())
+            .as_comm("dt-b-loop")
+            .to(To::loopback()),
     );
-    assert_eq!(sink.finish(), FILE_BYTES);
-    expect_silence(&s, "loopback only", "dt-b-loop", &[report_u(&r, "pid")]);
+    assert_eq!(r.received(), FILE_BYTES);
+    expect_silence(&s, "loopback only", "dt-b-loop", &[r.pid()]);
 }
 
 #[test]
 fn benign_sends_a_lot_but_read_no_weights() {
-    let s = Scene::new(92, 93, &[]);
+    let w = Weights::new();
+    let s = scenario(&w).start();
     let other = tempfile::tempdir().unwrap();
     let data = other.path().join("dataset.bin.part");
     random_file(&data, FILE_BYTES);
-    let to = format!("{}:8024", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
-    let r = workload::report(
-        "dt-b-upload",
-        &["read-send", "--file", data.to_str().unwrap(), "--to", &to],
+    let r = s.run(
+        Workload::read_send(&data)
+            .as_comm("dt-b-upload")
+            .to(To::untrusted()),
     );
-    assert_eq!(sink.finish(), FILE_BYTES);
-    expect_silence(
-        &s,
-        "upload of unwatched data",
-        "dt-b-upload",
-        &[report_u(&r, "pid")],
-    );
+    assert_eq!(r.received(), FILE_BYTES);
+    expect_silence(&s, "upload of unwatched data", "dt-b-upload", &[r.pid()]);
 }
 
 #[test]
 fn benign_small_fraction_of_what_was_read() {
-    let s = Scene::new(94, 95, &[]);
-    let big = s.dir.path().join("big.gguf");
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let big = w.dir.path().join("big.gguf");
     random_file(&big, 64 * MIB);
-    let to = format!("{}:8025", s.untrusted.ip);
-    let sink = s.sink(&s.untrusted, "tcp", &to, 1);
     // 12 MiB out of 64 MiB: above min-send-bytes, below the 0.5 ratio.
-    let r = workload::report(
-        "dt-b-ratio",
-        &[
-            "read-send",
-            "--file",
-            big.to_str().unwrap(),
-            "--to",
-            &to,
-            "--send-bytes",
-            &(12 * MIB).to_string(),
-        ],
+    let r = s.run(
+        Workload::read_send(&big)
+            .as_comm("dt-b-ratio")
+            .arg("--send-bytes", &(12 * MIB).to_string())
+            .to(To::untrusted()),
     );
-    sink.finish();
-    expect_silence(&s, "ratio 0.19", "dt-b-ratio", &[report_u(&r, "pid")]);
+    expect_silence(&s, "ratio 0.19", "dt-b-ratio", &[r.pid()]);
 }

@@ -19,7 +19,11 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{agent::Agent, netns::Peer, scrape::Metrics, workload};
+use tests::{
+    scenario::{Rule, Scenario, Scene, To, Workload},
+    scrape::Metrics,
+    workload,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -57,23 +61,16 @@ impl Drop for Background {
     }
 }
 
-fn agent(dir: &Path) -> Agent {
-    Agent::start(
-        &[
-            &[
-                "--watch",
-                dir.to_str().unwrap(),
-                "--max-processes",
-                "512",
-                "--prune-idle-secs",
-                "4",
-                "--window",
-                "30",
-            ][..],
-            &tests::SCALED_THRESHOLDS,
-        ]
-        .concat(),
-    )
+/// Small maps, idle entries pruned after 4 s, a 30 s window, the scaled
+/// thresholds, and an untrusted peer for the exfiltration.
+fn scenario(dir: &Path) -> Scene {
+    Scenario::new()
+        .watch(dir)
+        .args(&["--max-processes", "512", "--prune-idle-secs", "4"])
+        .args(&["--window", "30"])
+        .thresholds(&tests::SCALED_THRESHOLDS)
+        .untrusted_peer()
+        .start()
 }
 
 fn lost(m: &Metrics, reason: &str) -> u64 {
@@ -84,18 +81,22 @@ fn entries(m: &Metrics, map: &str) -> u64 {
     m.sum("sensor_map_entries", &[("map", map)])
 }
 
-/// The exfiltration after the flood: 32 MiB of weights to an untrusted
-/// namespace peer; its alert must name the process.
-fn exfiltrate_and_expect_alert(agent: &Agent, dir: &Path, subnet: u8, comm: &str) -> Value {
+/// The exfiltration after the flood: 32 MiB of weights to the untrusted
+/// peer; its alert must name the process.
+fn exfiltrate_and_expect_alert(s: &Scene, dir: &Path, comm: &str) -> Value {
     let weights = dir.join("model.safetensors");
     tests::pattern_file(&weights, 32 * MIB).unwrap();
-    let peer = Peer::new(subnet);
-    let report = workload::exfiltrate(&peer, comm, &weights, 9200 + u16::from(subnet));
-    assert_eq!(report["sent_bytes"], 32 * MIB, "{report}");
-    let (_, alert) = agent.wait_for_alert(Duration::from_secs(10), comm, |a| {
-        a["rule"] == "read_then_send" && a["comm"] == comm
-    });
-    assert_eq!(alert["pid"], report["pid"], "{alert}");
+    let r = s.run(
+        Workload::read_send(&weights)
+            .as_comm(comm)
+            .to(To::untrusted()),
+    );
+    assert_eq!(r.u("sent_bytes"), 32 * MIB, "{}", r.report);
+    let alert = s
+        .expect_alert(Rule::ReadThenSend, comm)
+        .from_comm(comm)
+        .naming_pid(r.pid())
+        .within(Duration::from_secs(10));
     assert!(
         alert["sent_bytes"].as_u64().unwrap() >= 8 * MIB,
         "the alert's sent bytes: {alert}"
@@ -109,24 +110,26 @@ fn exfiltrate_and_expect_alert(agent: &Agent, dir: &Path, subnet: u8, comm: &str
 #[test]
 fn destination_map_flood_then_exfiltration_alerts() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path());
+    let s = scenario(dir.path());
     let (mut spray, r) = Background::start(
         "pr-spray",
         &["udp-spray", "--ports", "5000", "--hold-ms", "120000"],
     );
     assert_eq!(r["sent_bytes"], 5000);
-    let m = agent.wait_for(Duration::from_secs(10), "send_map_full", |m| {
-        lost(m, "send_map_full") > 0
-    });
+    let m = s
+        .agent
+        .wait_for(Duration::from_secs(10), "send_map_full", |m| {
+            lost(m, "send_map_full") > 0
+        });
     eprintln!(
         "spray: send_map_full {} send_evicted {} destinations {}",
         lost(&m, "send_map_full"),
         lost(&m, "send_evicted"),
         entries(&m, "destinations")
     );
-    exfiltrate_and_expect_alert(&agent, dir.path(), 126, "pr-sendx");
+    exfiltrate_and_expect_alert(&s, dir.path(), "pr-sendx");
     // The sprayer lingers, idle: its entries leave the maps.
-    let m = agent.wait_for(
+    let m = s.agent.wait_for(
         Duration::from_secs(30),
         "the idle flood's destinations pruned",
         |m| entries(m, "destinations") < 100,
@@ -146,7 +149,7 @@ fn process_map_flood_then_exfiltration_alerts() {
     let other = tempfile::tempdir().unwrap();
     let plain = other.path().join("plain.txt");
     std::fs::write(&plain, b"x").unwrap();
-    let agent = agent(dir.path());
+    let s = scenario(dir.path());
     let (mut readers, r) = Background::start(
         "pr-idle",
         &[
@@ -160,27 +163,31 @@ fn process_map_flood_then_exfiltration_alerts() {
         ],
     );
     assert_eq!(r["read_bytes"], 800, "{r}");
-    let m = agent.wait_for(Duration::from_secs(10), "proc_map_full", |m| {
-        lost(m, "proc_map_full") > 0
-    });
+    let m = s
+        .agent
+        .wait_for(Duration::from_secs(10), "proc_map_full", |m| {
+            lost(m, "proc_map_full") > 0
+        });
     eprintln!(
         "idle readers: proc_map_full {} proc_evicted {} processes {}",
         lost(&m, "proc_map_full"),
         lost(&m, "proc_evicted"),
         entries(&m, "processes")
     );
-    exfiltrate_and_expect_alert(&agent, dir.path(), 127, "pr-procx");
+    exfiltrate_and_expect_alert(&s, dir.path(), "pr-procx");
     // Processes were evicted with bytes no poll had seen: detection may
     // have been blind to them, and the agent says so.
-    let m = agent.metrics();
+    let m = s.agent.metrics();
     if lost(&m, "proc_evicted") > 0 {
-        agent.wait_for_alert(Duration::from_secs(5), "sensor_blind", |a| {
-            a["rule"] == "sensor_blind" && a["severity"] == "critical"
-        });
+        s.expect_alert(Rule::SensorBlind, "sensor_blind")
+            .severity("critical")
+            .within(Duration::from_secs(5));
     }
-    let m = agent.wait_for(Duration::from_secs(30), "the idle readers pruned", |m| {
-        entries(m, "processes") < 100
-    });
+    let m = s
+        .agent
+        .wait_for(Duration::from_secs(30), "the idle readers pruned", |m| {
+            entries(m, "processes") < 100
+        });
     assert!(readers.alive(), "the readers are still alive");
     eprintln!(
         "idle readers pruned: processes {} identities {}",
@@ -194,7 +201,7 @@ fn process_map_flood_then_exfiltration_alerts() {
 #[test]
 fn mapping_map_flood_then_mmap_exfiltration_alerts() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = agent(dir.path());
+    let s = scenario(dir.path());
     let junk = dir.path().join("junk.pt");
     tests::pattern_file(&junk, 4096).unwrap();
     let (_maps, r) = Background::start(
@@ -210,38 +217,29 @@ fn mapping_map_flood_then_mmap_exfiltration_alerts() {
         ],
     );
     assert_eq!(r["mappings"], 2000);
-    let m = agent.wait_for(Duration::from_secs(10), "mmap_evicted", |m| {
-        lost(m, "mmap_evicted") > 0
-    });
+    let m = s
+        .agent
+        .wait_for(Duration::from_secs(10), "mmap_evicted", |m| {
+            lost(m, "mmap_evicted") > 0
+        });
     eprintln!(
         "mappings: mmap_evicted {} mappings {}",
         lost(&m, "mmap_evicted"),
         entries(&m, "mappings")
     );
-    agent.wait_for_alert(Duration::from_secs(5), "sensor_blind", |a| {
-        a["rule"] == "sensor_blind"
-    });
+    s.expect_alert(Rule::SensorBlind, "sensor_blind")
+        .within(Duration::from_secs(5));
     // The exfiltration maps the weights and sends them from the mapping.
     let weights = dir.path().join("model.safetensors");
     tests::pattern_file(&weights, 32 * MIB).unwrap();
-    let peer = Peer::new(128);
-    let to = format!("{}:9328", peer.ip);
-    let mut cmd = peer.command(workload::program("pr-mmsink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
-    let sink = workload::Sink::start(cmd);
-    let report = workload::report(
-        "pr-mmapx",
-        &[
-            "mmap-send",
-            "--file",
-            weights.to_str().unwrap(),
-            "--to",
-            &to,
-        ],
+    let r = s.run(
+        Workload::mmap_send(&weights)
+            .as_comm("pr-mmapx")
+            .to(To::untrusted()),
     );
-    assert_eq!(sink.finish(), 32 * MIB);
-    let (_, alert) = agent.wait_for_alert(Duration::from_secs(10), "pr-mmapx", |a| {
-        a["rule"] == "read_then_send" && a["comm"] == "pr-mmapx"
-    });
-    assert_eq!(alert["pid"], report["pid"], "{alert}");
+    assert_eq!(r.received(), 32 * MIB);
+    s.expect_alert(Rule::ReadThenSend, "pr-mmapx")
+        .from_comm("pr-mmapx")
+        .naming_pid(r.pid())
+        .within(Duration::from_secs(10));
 }

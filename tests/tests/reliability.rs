@@ -349,7 +349,7 @@ fn hostile_names_are_escaped() {
     // arguments as text.)
     let name: &[u8] = b"w\n\"x\\{y}.safetensors";
     let weights = file(dir.path(), OsStr::from_bytes(name), 32 * MIB);
-    let peer = Peer::new(130);
+    let peer = Peer::new();
     let agent = Agent::start(
         &[
             &["--watch", dir.path().to_str().unwrap()][..],
@@ -362,10 +362,10 @@ fn hostile_names_are_escaped() {
     let link = tempfile::tempdir().unwrap();
     let prog = link.path().join(OsStr::from_bytes(comm));
     std::os::unix::fs::symlink(tests::target_dir().join("sensor-workload"), &prog).unwrap();
-    let to = format!("{}:9702", peer.ip);
     let mut cmd = peer.command(workload::program("rl-sink"));
-    cmd.args(["tcp-sink", "--listen", &to]);
+    cmd.args(["tcp-sink", "--listen", &format!("{}:0", peer.ip)]);
     let sink = Sink::start(cmd);
+    let to = sink.addr().to_string();
     let out = Command::new("setsid")
         .arg("-w")
         .arg(&prog)

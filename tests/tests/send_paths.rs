@@ -14,25 +14,22 @@ const MIB: u64 = 1 << 20;
 const SEND: &str = "sensor_socket_send_bytes_total";
 const CLASSES: [&str; 4] = ["loopback", "local", "trusted", "untrusted"];
 
-/// Which socket_send hook the agent uses, and the names and subnets that
-/// keep the two variants of a test apart when they run side by side.
+/// Which socket_send hook the agent uses, and the names that keep the two
+/// variants of a test apart when they run side by side (peers get subnets
+/// of their own, sinks ports of their own).
 #[derive(Clone, Copy)]
 struct Via {
     /// Workload names start with it.
     prefix: &'static str,
-    /// Added to each test's peer subnet.
-    subnet: u8,
     fallback: bool,
 }
 
 const PREFERRED: Via = Via {
     prefix: "sp",
-    subnet: 0,
     fallback: false,
 };
 const FALLBACK: Via = Via {
     prefix: "sf",
-    subnet: 90,
     fallback: true,
 };
 
@@ -62,10 +59,6 @@ impl Via {
         agent
     }
 
-    fn peer(&self, subnet: u8) -> Peer {
-        Peer::new(subnet + self.subnet)
-    }
-
     fn comm(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }
@@ -75,8 +68,10 @@ fn sent(m: &Metrics, comm: &str, class: &str) -> u64 {
     m.sum(SEND, &[("comm", comm), ("destination", class)])
 }
 
-/// Runs a sender named `comm` against a fresh sink at `to`, then checks the
-/// agent counted what the sender's calls accepted, all under `class`.
+/// Runs a sender named `comm` against a fresh sink started with `sink` (a
+/// `--listen IP:0` sink's address is passed to the sender as `--to`), then
+/// checks the agent counted what the sender's calls accepted, all under
+/// `class`.
 fn check(
     agent: &Agent,
     peer: Option<&Peer>,
@@ -91,8 +86,13 @@ fn check(
         None => Command::new(&prog),
     };
     cmd.args(sink);
+    let listens = sink.contains(&"--listen");
     let sink = Sink::start(cmd);
-    let truth = workload::run(comm, args, "sent_bytes");
+    let mut args = args.to_vec();
+    if listens {
+        args.extend(["--to", sink.addr()]);
+    }
+    let truth = workload::run(comm, &args, "sent_bytes");
     let received = sink.finish();
     assert!(
         received <= truth && received > 0,
@@ -124,7 +124,7 @@ fn tcp_send_apis_syscall_fallback() {
 }
 
 fn tcp_send_apis_via(via: Via) {
-    let peer = via.peer(50);
+    let peer = Peer::new();
     let agent = via.agent(&[]);
     let bytes = (32 * MIB).to_string();
     // On the fallback, io_uring's sends are counted at io_uring_complete.
@@ -137,16 +137,16 @@ fn tcp_send_apis_via(via: Via) {
         ("uring-send", "tcp-usend"),
         ("uring-sendmsg", "tcp-usendmsg"),
     ];
-    for (i, (api, comm)) in apis.iter().enumerate() {
+    let listen = format!("{}:0", peer.ip);
+    for (api, comm) in apis {
         let comm = &via.comm(comm);
-        let to = format!("{}:{}", peer.ip, 7100 + i);
         check(
             &agent,
             Some(&peer),
-            &["tcp-sink", "--listen", &to],
+            &["tcp-sink", "--listen", &listen],
             comm,
             &[
-                "tcp-send", "--to", &to, "--bytes", &bytes, "--chunk", "65536", "--api", api,
+                "tcp-send", "--bytes", &bytes, "--chunk", "65536", "--api", api,
             ],
             "untrusted",
         );
@@ -164,7 +164,7 @@ fn file_to_socket_sendfile_and_splice_syscall_fallback() {
 }
 
 fn file_to_socket_via(via: Via) {
-    let peer = via.peer(51);
+    let peer = Peer::new();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.gguf");
     let mut f = std::fs::File::create(&file).unwrap();
@@ -174,15 +174,15 @@ fn file_to_socket_via(via: Via) {
     drop(f);
     let agent = via.agent(&["--watch", dir.path().to_str().unwrap()]);
     let path = file.to_str().unwrap();
-    for (i, api) in ["sendfile", "splice"].iter().enumerate() {
-        let to = format!("{}:{}", peer.ip, 7200 + i);
+    let listen = format!("{}:0", peer.ip);
+    for api in ["sendfile", "splice"] {
         let comm = via.comm(&format!("f2s-{api}"));
         let m = check(
             &agent,
             Some(&peer),
-            &["tcp-sink", "--listen", &to],
+            &["tcp-sink", "--listen", &listen],
             &comm,
-            &["tcp-send", "--to", &to, "--api", api, "--file", path],
+            &["tcp-send", "--api", api, "--file", path],
             "untrusted",
         );
         let read = m.sum(
@@ -209,13 +209,11 @@ fn udp_connected_unconnected_and_sendmmsg_syscall_fallback() {
 }
 
 fn udp_via(via: Via) {
-    let untrusted = via.peer(52);
-    let trusted = via.peer(53);
-    let n = 53 + via.subnet;
-    let (v4, v6) = (format!("198.18.{n}.0/24"), format!("2001:2:0:{n}::/64"));
+    let untrusted = Peer::new();
+    let trusted = Peer::new();
+    let (v4, v6) = (trusted.cidr4(), trusted.cidr6());
     let agent = via.agent(&["--trusted-cidr", &v4, "--trusted-cidr", &v6]);
     let bytes = (8 * MIB).to_string();
-    let mut port = 7300 + u16::from(via.subnet) * 10;
     let cases: Vec<(Option<&Peer>, String, &str, &str, &str)> = vec![
         (
             Some(&untrusted),
@@ -275,24 +273,21 @@ fn udp_via(via: Via) {
         ),
         (None, "127.0.0.1".to_string(), "sendto", "1", "loopback"),
     ];
-    for (peer, host, api, unconnected, class) in cases {
-        port += 1;
-        let to = format!("{host}:{port}");
+    for (i, (peer, host, api, unconnected, class)) in cases.into_iter().enumerate() {
+        let listen = format!("{host}:0");
         let comm = via.comm(&format!(
             "u{}-{}{}",
             if unconnected == "1" { "n" } else { "c" },
             &api[4..],
-            port % 100
+            i + 1
         ));
         check(
             &agent,
             peer,
-            &["udp-sink", "--listen", &to],
+            &["udp-sink", "--listen", &listen],
             &comm,
             &[
                 "udp-send",
-                "--to",
-                &to,
                 "--bytes",
                 &bytes,
                 "--chunk",

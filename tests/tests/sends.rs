@@ -12,22 +12,24 @@ fn sent(m: &tests::scrape::Metrics, comm: &str, dest: &str) -> u64 {
     m.sum(SEND, &[("comm", comm), ("destination", dest)])
 }
 
-/// Sends `bytes` from a workload named `comm` to a sink at `to` (in `peer`'s
-/// namespace, or on this host), and returns what the sender's calls accepted.
-fn send(peer: Option<&Peer>, proto: &str, comm: &str, to: &str, bytes: u64, chunk: u64) -> u64 {
+/// Sends `bytes` from a workload named `comm` to a sink on `host` (in
+/// `peer`'s namespace, or on this host; the port is the sink's, from the
+/// kernel), and returns what the sender's calls accepted.
+fn send(peer: Option<&Peer>, proto: &str, comm: &str, host: &str, bytes: u64, chunk: u64) -> u64 {
     let sink_prog = workload::program("wl-sink");
     let mut cmd = match peer {
         Some(p) => p.command(&sink_prog),
         None => std::process::Command::new(&sink_prog),
     };
-    cmd.args([&format!("{proto}-sink"), "--listen", to]);
+    cmd.args([&format!("{proto}-sink"), "--listen", &format!("{host}:0")]);
     let sink = Sink::start(cmd);
+    let to = sink.addr().to_string();
     let truth = workload::run(
         comm,
         &[
             &format!("{proto}-send"),
             "--to",
-            to,
+            &to,
             "--bytes",
             &bytes.to_string(),
             "--chunk",
@@ -45,13 +47,13 @@ fn send(peer: Option<&Peer>, proto: &str, comm: &str, to: &str, bytes: u64, chun
 
 #[test]
 fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
-    let untrusted = Peer::new(40);
-    let trusted = Peer::new(41);
+    let untrusted = Peer::new();
+    let trusted = Peer::new();
     let agent = Agent::start(&[
         "--trusted-cidr",
-        "198.18.41.0/24",
+        &trusted.cidr4(),
         "--trusted-cidr",
-        "2001:2:0:41::/64",
+        &trusted.cidr6(),
     ]);
 
     let cases = [
@@ -59,7 +61,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             Some(&untrusted),
             "tcp",
             "wl-tcp-untr",
-            format!("{}:7001", untrusted.ip),
+            untrusted.ip.to_string(),
             128 * MIB,
             65536,
             "untrusted",
@@ -68,7 +70,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             Some(&untrusted),
             "udp",
             "wl-udp-untr",
-            format!("{}:7002", untrusted.ip),
+            untrusted.ip.to_string(),
             16 * MIB,
             8192,
             "untrusted",
@@ -77,7 +79,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             Some(&untrusted),
             "tcp",
             "wl-tcp6-untr",
-            format!("[{}]:7003", untrusted.ip6),
+            format!("[{}]", untrusted.ip6),
             32 * MIB,
             65536,
             "untrusted",
@@ -86,7 +88,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             Some(&trusted),
             "tcp",
             "wl-tcp-trust",
-            format!("{}:7004", trusted.ip),
+            trusted.ip.to_string(),
             128 * MIB,
             65536,
             "trusted",
@@ -95,7 +97,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             Some(&trusted),
             "udp",
             "wl-udp-trust",
-            format!("{}:7005", trusted.ip),
+            trusted.ip.to_string(),
             16 * MIB,
             8192,
             "trusted",
@@ -104,7 +106,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             Some(&trusted),
             "udp",
             "wl-udp6-trust",
-            format!("[{}]:7006", trusted.ip6),
+            format!("[{}]", trusted.ip6),
             16 * MIB,
             8192,
             "trusted",
@@ -113,7 +115,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             None,
             "tcp",
             "wl-tcp-loop",
-            "127.0.0.1:7007".to_string(),
+            "127.0.0.1".to_string(),
             128 * MIB,
             65536,
             "loopback",
@@ -122,7 +124,7 @@ fn tcp_and_udp_to_untrusted_trusted_and_loopback() {
             None,
             "udp",
             "wl-udp-loop",
-            "127.0.0.1:7008".to_string(),
+            "127.0.0.1".to_string(),
             16 * MIB,
             8192,
             "loopback",

@@ -136,7 +136,7 @@ fn check_totals(tail: &Tail, r: &Value, what: &str) {
 fn attached_json_sums_to_the_workload_and_filters_others() {
     let dir = tempfile::tempdir().unwrap();
     let file = weights(dir.path());
-    let peer = Peer::new(110);
+    let peer = Peer::new();
     let agent = Agent::start(
         &[
             &["--watch", dir.path().to_str().unwrap()][..],
@@ -160,7 +160,7 @@ fn attached_json_sums_to_the_workload_and_filters_others() {
         &["read", "--file", &file, "--bs", "65536"],
         "read_bytes",
     );
-    let r = workload::exfiltrate(&peer, "tl-work", Path::new(&file), 9001);
+    let r = workload::exfiltrate(&peer, "tl-work", Path::new(&file));
     check_totals(&tail, &r, "attached");
     let lines = tail.json();
     let pid = r["pid"].as_u64().unwrap();
@@ -206,7 +206,7 @@ fn attached_json_sums_to_the_workload_and_filters_others() {
 fn standalone_mode_shows_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let file = weights(dir.path());
-    let peer = Peer::new(111);
+    let peer = Peer::new();
     let missing = dir.path().join("no-agent.sock");
     let tail = Tail::start(&[
         "--json",
@@ -217,7 +217,7 @@ fn standalone_mode_shows_the_same() {
         "--comm",
         "tl-solo",
     ]);
-    let r = workload::exfiltrate(&peer, "tl-solo", Path::new(&file), 9002);
+    let r = workload::exfiltrate(&peer, "tl-solo", Path::new(&file));
     check_totals(&tail, &r, "standalone");
 }
 
@@ -225,7 +225,7 @@ fn standalone_mode_shows_the_same() {
 fn human_view_in_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let file = weights(dir.path());
-    let peer = Peer::new(112);
+    let peer = Peer::new();
     let agent = Agent::start(&["--watch", dir.path().to_str().unwrap()]);
     let session = format!("sensor-tail-{}", std::process::id());
     let cmd = format!(
@@ -258,7 +258,7 @@ fn human_view_in_a_terminal() {
     }
     let _kill = Kill(session.clone());
     std::thread::sleep(Duration::from_millis(500));
-    let r = workload::exfiltrate(&peer, "tl-tmux", Path::new(&file), 9003);
+    let r = workload::exfiltrate(&peer, "tl-tmux", Path::new(&file));
     let pid = r["pid"].to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     let screen = loop {
