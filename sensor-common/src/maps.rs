@@ -1,4 +1,5 @@
-//! Names of the kernel maps and programs, spelled once for both sides.
+//! Names and capacities of the kernel maps, and names of the programs,
+//! spelled once for both sides.
 
 /// Per-process counters (`PerCpuHashMap<u32 tgid, ProcCounters>`).
 pub const PROC_STATS: &str = "PROC_STATS";
@@ -22,8 +23,6 @@ pub const PENDING_DEST: &str = "PENDING_DEST";
 pub const WATCHED_MMAPS: &str = "WATCHED_MMAPS";
 /// Executed path and arguments by tgid (`LruHashMap<u32, ExecInfo>`).
 pub const EXEC_INFO: &str = "EXEC_INFO";
-/// Processes whose exec is remembered at once.
-pub const EXEC_INFO_SIZE: u32 = 8_192;
 /// Watched directories and files (`HashMap<InodeKey, u64 ext mask>`).
 pub const WATCH_INODES: &str = "WATCH_INODES";
 /// Watched file-name extensions (`HashMap<ExtKey, u64 bit>`).
@@ -32,8 +31,33 @@ pub const WATCH_EXTS: &str = "WATCH_EXTS";
 pub const WATCH_CACHE: &str = "WATCH_CACHE";
 /// Runtime knobs user space can change while running (`Array<RuntimeConfig>`, one slot).
 pub const RUNTIME: &str = "RUNTIME";
-/// Error and loss counters (`PerCpuArray<u64>`, indexed by [`crate::Counter`]).
+/// Loss reasons and counts (`PerCpuArray<u64>`, indexed by [`crate::Loss`]
+/// then [`crate::Count`]).
 pub const COUNTERS: &str = "COUNTERS";
+/// The last file each CPU counted a read of (`PerCpuArray<LastFile>`, kernel only).
+pub const LAST_FILE: &str = "LAST_FILE";
+/// Room to build an `ExecInfo` (`PerCpuArray<ExecInfo>`, kernel only).
+pub const EXEC_SCRATCH: &str = "EXEC_SCRATCH";
+
+/// Every map of the eBPF object.
+pub const ALL: [&str; 16] = [
+    PROC_STATS,
+    PROC_SPILL,
+    PROC_INFO,
+    SEND_STATS,
+    SEND_SPILL,
+    FILE_STATS,
+    PENDING_DEST,
+    WATCHED_MMAPS,
+    EXEC_INFO,
+    EXEC_SCRATCH,
+    WATCH_INODES,
+    WATCH_EXTS,
+    WATCH_CACHE,
+    RUNTIME,
+    COUNTERS,
+    LAST_FILE,
+];
 
 /// The global holding struct offsets resolved from the running kernel's BTF.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
@@ -69,6 +93,18 @@ pub const MAX_WATCH_EXTS: u32 = 64;
 pub const MAX_WATCH_EXTS_USIZE: usize = MAX_WATCH_EXTS as usize;
 /// Capacity of the watched-decision cache.
 pub const WATCH_CACHE_SIZE: u32 = 65_536;
+/// Processes whose exec is remembered at once.
+pub const EXEC_INFO_SIZE: u32 = 8_192;
+/// Unconnected UDP sockets whose last destination is remembered at once.
+pub const PENDING_DEST_SIZE: u32 = 16_384;
+/// Slots of `COUNTERS`: one per loss reason, then the counts.
+pub const COUNTERS_SIZE: u32 = crate::COUNTER_SLOTS as u32;
+/// `RUNTIME` holds one `RuntimeConfig`.
+pub const RUNTIME_SIZE: u32 = 1;
+/// `LAST_FILE` holds one entry per CPU.
+pub const LAST_FILE_SIZE: u32 = 1;
+/// `EXEC_SCRATCH` holds one `ExecInfo` per CPU.
+pub const EXEC_SCRATCH_SIZE: u32 = 1;
 
 /// Program names, as in the eBPF object.
 pub mod programs {
@@ -80,4 +116,16 @@ pub mod programs {
     pub const FILE_IO_URING_COMPLETE: &str = "file_io_uring_complete";
     pub const NET_CGROUP_SENDMSG4: &str = "net_cgroup_sendmsg4";
     pub const NET_CGROUP_SENDMSG6: &str = "net_cgroup_sendmsg6";
+
+    /// Every program of the eBPF object.
+    pub const ALL: [&str; 8] = [
+        FILE_SYS_EXIT,
+        FILE_IO_URING_COMPLETE,
+        NET_SOCK_SEND_LENGTH,
+        NET_SYS_EXIT_SEND,
+        NET_CGROUP_SENDMSG4,
+        NET_CGROUP_SENDMSG6,
+        PROCESS_EXIT,
+        PROCESS_EXEC,
+    ];
 }

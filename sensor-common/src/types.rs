@@ -201,56 +201,6 @@ pub struct RuntimeConfig {
     pub any_ext_mask: u64,
 }
 
-/// Indices of `COUNTERS`: what the kernel side could not count, and why.
-pub mod counter {
-    pub const PROC_MAP_FULL: u32 = 0;
-    pub const INFO_MAP_FULL: u32 = 1;
-    pub const SEND_MAP_FULL: u32 = 2;
-    pub const FILE_MAP_FULL: u32 = 3;
-    pub const KERNEL_READ_ERROR: u32 = 4;
-    pub const MMAP_MAP_FULL: u32 = 5;
-    /// A `msg_len` of a sendmmsg vector could not be read back (the
-    /// send-syscall fallback): those messages' bytes are not counted.
-    pub const USER_READ_ERROR: u32 = 6;
-    /// Runs of the agent's programs the kernel skipped because the same
-    /// program was already running on that CPU (a task preempted inside
-    /// it: syscall tracepoints are preemptible on recent kernels). Read by
-    /// user space from the programs' `recursion_misses`; the kernel side
-    /// never bumps this slot.
-    pub const RECURSION_MISS: u32 = 7;
-    /// Found by user space: a live process's entry left the per-process
-    /// spill map (LRU) between two polls; what it counted since the
-    /// previous poll is lost.
-    pub const PROC_EVICTED: u32 = 8;
-    /// Found by user space: a destination entry left the spill map (LRU);
-    /// its bytes since the previous poll are judged as sent to an unknown
-    /// (untrusted) destination, from the process's own total.
-    pub const SEND_EVICTED: u32 = 9;
-    /// Found by user space: a live mapping's record left `WATCHED_MMAPS`
-    /// (LRU); its later residency is not sampled.
-    pub const MMAP_EVICTED: u32 = 10;
-    /// Slots that are losses, exported as `sensor_lost_events_total`.
-    pub const LOSS_COUNT: u32 = 11;
-    /// Not a loss: new records the kernel put in `WATCHED_MMAPS`, so user
-    /// space can tell how many left the (LRU) map before any poll saw them.
-    pub const MMAP_RECORDED: u32 = 11;
-    pub const COUNT: u32 = 12;
-    /// The `reason` label of `sensor_lost_events_total`, by index.
-    pub const REASONS: [&str; LOSS_COUNT as usize] = [
-        "proc_map_full",
-        "info_map_full",
-        "send_map_full",
-        "file_map_full",
-        "kernel_read_error",
-        "mmap_map_full",
-        "user_read_error",
-        "recursion_miss",
-        "proc_evicted",
-        "send_evicted",
-        "mmap_evicted",
-    ];
-}
-
 const _: () = {
     assert!(core::mem::size_of::<ProcCounters>() == 56);
     assert!(core::mem::size_of::<ProcInfo>() == 64);

@@ -1,7 +1,7 @@
 //! From a descriptor of the current process to its `struct file`, and from
 //! a file to its inode when it is a regular file.
 
-use sensor_common::InodeKey;
+use sensor_common::{InodeKey, Loss};
 
 use crate::runtime::kernel::{
     current_task, current_task_btf, has_task_btf, off, read, read_ptr, Direct, Mem, Probe, S_IFMT,
@@ -13,7 +13,7 @@ use crate::runtime::kernel::{
 /// `bpf_get_current_task_btf`, helper reads before 5.11; the slot itself (a
 /// variable index) is always a helper read.
 #[inline(always)]
-pub fn fd_to_file(fd: u64) -> Result<Option<*const u8>, u32> {
+pub fn fd_to_file(fd: u64) -> Result<Option<*const u8>, Loss> {
     if has_task_btf() {
         fd_to_file_in::<Direct>(current_task_btf(), fd)
     } else {
@@ -22,7 +22,7 @@ pub fn fd_to_file(fd: u64) -> Result<Option<*const u8>, u32> {
 }
 
 #[inline(always)]
-fn fd_to_file_in<M: Mem>(task: *const u8, fd: u64) -> Result<Option<*const u8>, u32> {
+fn fd_to_file_in<M: Mem>(task: *const u8, fd: u64) -> Result<Option<*const u8>, Loss> {
     let files: *const u8 = M::get(task, off!(task_files))?;
     if files.is_null() {
         return Ok(None);
@@ -42,7 +42,7 @@ fn fd_to_file_in<M: Mem>(task: *const u8, fd: u64) -> Result<Option<*const u8>, 
 
 /// The inode of `file` when it is a regular file.
 #[inline(always)]
-pub fn regular_file_inode(file: *const u8) -> Result<Option<(*const u8, InodeKey)>, u32> {
+pub fn regular_file_inode(file: *const u8) -> Result<Option<(*const u8, InodeKey)>, Loss> {
     let inode = read_ptr(file, off!(file_inode))?;
     let mode: u16 = read(inode, off!(inode_mode))?;
     if mode & S_IFMT != S_IFREG {

@@ -6,7 +6,7 @@
 //! accounting, `/proc/PID/smaps`).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap};
-use sensor_common::{counter, maps, MmapInfo, MmapKey};
+use sensor_common::{maps, Count, Loss, MmapInfo, MmapKey};
 
 use super::{fd, watch};
 use crate::{
@@ -23,7 +23,7 @@ static WATCHED_MMAPS: LruHashMap<MmapKey, MmapInfo> =
 
 /// After `addr = mmap(_, len, _, _, fd, _)` succeeded on `file`.
 #[inline(always)]
-pub fn record(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
+pub fn record(file: *const u8, addr: u64, len: u64) -> Result<(), Loss> {
     let Some((inode, key)) = fd::regular_file_inode(file)? else {
         return Ok(());
     };
@@ -60,10 +60,10 @@ pub fn record(file: *const u8, addr: u64, len: u64) -> Result<(), u32> {
     // A new record is counted (user space tells evictions from it); an
     // address mapped again replaces its record.
     if WATCHED_MMAPS.insert(key, info, BPF_NOEXIST as u64).is_ok() {
-        loss::bump(counter::MMAP_RECORDED);
+        loss::count(Count::MmapRecorded);
         return Ok(());
     }
     WATCHED_MMAPS
         .insert(key, info, 0)
-        .map_err(|_| counter::MMAP_MAP_FULL)
+        .map_err(|_| Loss::MmapMapFull)
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap},
 };
-use sensor_common::{counter, maps, FileKey, InodeKey};
+use sensor_common::{maps, FileKey, InodeKey, Loss};
 
 use super::{fd, watch};
 use crate::{
@@ -61,7 +61,7 @@ impl LastFile {
 }
 
 #[map(name = "LAST_FILE")]
-static LAST_FILE: PerCpuArray<LastFile> = PerCpuArray::with_max_entries(1, 0);
+static LAST_FILE: PerCpuArray<LastFile> = PerCpuArray::with_max_entries(maps::LAST_FILE_SIZE, 0);
 
 const KIND_REGULAR: u32 = 1;
 const KIND_OTHER: u32 = 2;
@@ -72,7 +72,7 @@ static FILE_STATS: PerCpuHashMap<FileKey, u64> =
 
 /// Counts `bytes` read by the current process from `file`, if regular.
 #[inline(always)]
-pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
+pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), Loss> {
     let inode = read_ptr(file, off!(file_inode))?;
     let generation = watch::generation();
     let Some(slot) = LAST_FILE.get_ptr_mut(0) else {
@@ -148,8 +148,8 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), u32> {
 }
 
 #[inline(always)]
-fn add_file_bytes(key: FileKey, bytes: u64) -> Result<(), u32> {
-    let (slot, _) = slot_of!(FILE_STATS, key, 0).ok_or(counter::FILE_MAP_FULL)?;
+fn add_file_bytes(key: FileKey, bytes: u64) -> Result<(), Loss> {
+    let (slot, _) = slot_of!(FILE_STATS, key, 0).ok_or(Loss::FileMapFull)?;
     // SAFETY: this CPU's slot of a per-CPU entry.
     atomic::add(slot, bytes);
     Ok(())

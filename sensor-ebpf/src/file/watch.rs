@@ -8,7 +8,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-use sensor_common::{maps, ExtKey, InodeKey, RuntimeConfig, WatchCacheEntry, EXT_LEN, WATCH_ALL};
+use sensor_common::{
+    maps, ExtKey, InodeKey, Loss, RuntimeConfig, WatchCacheEntry, EXT_LEN, WATCH_ALL,
+};
 
 use crate::runtime::kernel::{off, read, read_ptr};
 
@@ -23,7 +25,7 @@ static WATCH_CACHE: LruHashMap<InodeKey, WatchCacheEntry> =
     LruHashMap::with_max_entries(maps::WATCH_CACHE_SIZE, 0);
 
 #[map(name = "RUNTIME")]
-static RUNTIME: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
+static RUNTIME: Array<RuntimeConfig> = Array::with_max_entries(maps::RUNTIME_SIZE, 0);
 
 /// How many directory levels above a file are checked against `WATCH_INODES`.
 const MAX_DEPTH: usize = 24;
@@ -36,7 +38,7 @@ pub fn generation() -> u32 {
 
 /// Whether the regular file `file` (inode `key`) is watched.
 #[inline(always)]
-pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, u32> {
+pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, Loss> {
     let Some(rt) = RUNTIME.get(0) else {
         return Ok(false);
     };
@@ -68,7 +70,7 @@ pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, u32> {
 }
 
 #[inline(always)]
-fn decide(file: *const u8, key: &InodeKey, any_ext_mask: u64) -> Result<bool, u32> {
+fn decide(file: *const u8, key: &InodeKey, any_ext_mask: u64) -> Result<bool, Loss> {
     let dentry = read_ptr(file, off!(file_dentry))?;
     let ext = extension_bit(dentry)?;
     if ext & any_ext_mask != 0 {
@@ -106,7 +108,7 @@ fn decide(file: *const u8, key: &InodeKey, any_ext_mask: u64) -> Result<bool, u3
 /// The `WATCH_EXTS` bit of the file name's extension (text after the last
 /// dot, ASCII lower-cased), 0 when it has none or none watched.
 #[inline(always)]
-fn extension_bit(dentry: *const u8) -> Result<u64, u32> {
+fn extension_bit(dentry: *const u8) -> Result<u64, Loss> {
     let len = read::<u32>(dentry, off!(dentry_name_len))? as usize;
     if len == 0 {
         return Ok(0);

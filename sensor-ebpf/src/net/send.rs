@@ -7,8 +7,7 @@ use aya_ebpf::{
     maps::{LruPerCpuHashMap, PerCpuHashMap},
 };
 use sensor_common::{
-    counter, maps, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW,
-    OVERFLOW_TGID,
+    maps, Loss, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW, OVERFLOW_TGID,
 };
 
 use super::udp_dest;
@@ -32,7 +31,7 @@ static SEND_SPILL: LruPerCpuHashMap<SendKey, SendCounters> =
 /// Counts `bytes` accepted by the socket `sk` (`struct sock *`) for the
 /// current process; `M` says how `sk` may be dereferenced.
 #[inline(always)]
-pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
+pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), Loss> {
     let family: u16 = M::get(sk, off!(sk_family))?;
     let tgid = stats::current_tgid();
     let mut key = SendKey {
@@ -76,7 +75,7 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
         key,
         SendCounters::default(),
         spill: SEND_SPILL,
-        full: counter::SEND_MAP_FULL,
+        full: Loss::SendMapFull,
         overflow: SendKey {
             tgid: OVERFLOW_TGID,
             family: FAMILY_OVERFLOW,
@@ -84,7 +83,7 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
             addr: [0; 16],
         },
     )
-    .ok_or(counter::SEND_MAP_FULL)?;
+    .ok_or(Loss::SendMapFull)?;
     // SAFETY: as above.
     unsafe {
         atomic::add(&raw mut (*slot).bytes, bytes);
@@ -95,7 +94,7 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), u32> {
 
 /// The `struct sock *` behind `file` when it is a socket.
 #[inline(always)]
-pub fn socket_of(file: *const u8) -> Result<Option<*const u8>, u32> {
+pub fn socket_of(file: *const u8) -> Result<Option<*const u8>, Loss> {
     let inode = read_ptr(file, off!(file_inode))?;
     let mode: u16 = read(inode, off!(inode_mode))?;
     if mode & S_IFMT != S_IFSOCK {

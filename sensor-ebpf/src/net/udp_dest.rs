@@ -4,10 +4,11 @@
 //! for `sock_send_length` to pick up when the send completes.
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
-use sensor_common::Dest;
+use sensor_common::{maps, Dest};
 
 #[map(name = "PENDING_DEST")]
-static PENDING_DEST: LruHashMap<u64, Dest> = LruHashMap::with_max_entries(16_384, 0);
+static PENDING_DEST: LruHashMap<u64, Dest> =
+    LruHashMap::with_max_entries(maps::PENDING_DEST_SIZE, 0);
 
 #[inline(always)]
 pub fn park(cookie: u64, dest: Dest) {

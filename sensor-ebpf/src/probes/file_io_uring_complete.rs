@@ -11,7 +11,7 @@
 //! no request and the program is not attached.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use sensor_common::offsets::IO_URING_TP_RES_ARG;
+use sensor_common::{offsets::IO_URING_TP_RES_ARG, Loss};
 
 use crate::{
     file::reads,
@@ -43,7 +43,7 @@ pub fn file_io_uring_complete(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_file_io_uring_complete(ctx: &BtfTracePointContext) -> Result<(), u32> {
+fn try_file_io_uring_complete(ctx: &BtfTracePointContext) -> Result<(), Loss> {
     if !offsets_ready() {
         return Ok(());
     }

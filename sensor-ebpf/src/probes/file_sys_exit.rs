@@ -9,6 +9,7 @@
 //! hook serves both: a second program on `sys_exit` would double its cost).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use sensor_common::Loss;
 
 use crate::{
     file::{fd, mmap, reads},
@@ -28,7 +29,7 @@ pub fn file_sys_exit(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
+fn try_file_sys_exit(ctx: &BtfTracePointContext) -> Result<(), Loss> {
     let ret: i64 = ctx.arg(1);
     if ret <= 0 {
         return Ok(());

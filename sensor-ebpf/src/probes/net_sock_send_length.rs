@@ -7,6 +7,7 @@
 //! io_uring sends all end there. Older kernels use `net_sys_exit_send`.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use sensor_common::Loss;
 
 use crate::{
     net::send,
@@ -25,7 +26,7 @@ pub fn net_sock_send_length(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), u32> {
+fn try_net_sock_send_length(ctx: &BtfTracePointContext) -> Result<(), Loss> {
     // An `int` in a u64 slot, zero-extended: negative errors must be read as i32.
     let ret = ctx.arg::<u64>(1) as u32 as i32;
     if ret <= 0 || !offsets_ready() {

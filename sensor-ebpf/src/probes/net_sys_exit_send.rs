@@ -12,7 +12,7 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use sensor_common::counter;
+use sensor_common::Loss;
 
 use crate::{
     file::fd,
@@ -38,7 +38,7 @@ pub fn net_sys_exit_send(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_net_sys_exit_send(ctx: &BtfTracePointContext) -> Result<(), u32> {
+fn try_net_sys_exit_send(ctx: &BtfTracePointContext) -> Result<(), Loss> {
     let ret: i64 = ctx.arg(1);
     if ret <= 0 {
         return Ok(());
@@ -70,7 +70,7 @@ fn try_net_sys_exit_send(ctx: &BtfTracePointContext) -> Result<(), u32> {
 /// Bytes of the first `sent` messages of a sendmmsg vector: the kernel
 /// wrote each one's `msg_len` back into the caller's array.
 #[inline(always)]
-fn sendmmsg_bytes(msgvec: u64, sent: usize) -> Result<u64, u32> {
+fn sendmmsg_bytes(msgvec: u64, sent: usize) -> Result<u64, Loss> {
     let mut total = 0u64;
     for i in 0..MAX_MMSG {
         if i >= sent {
@@ -78,8 +78,8 @@ fn sendmmsg_bytes(msgvec: u64, sent: usize) -> Result<u64, u32> {
         }
         let at = msgvec as usize + i * MMSGHDR_SIZE + MMSGHDR_MSG_LEN;
         // SAFETY: a helper read of user memory; faults are reported, not taken.
-        let len: u32 = unsafe { bpf_probe_read_user(at as *const u32) }
-            .map_err(|_| counter::USER_READ_ERROR)?;
+        let len: u32 =
+            unsafe { bpf_probe_read_user(at as *const u32) }.map_err(|_| Loss::UserReadError)?;
         total += len as u64;
     }
     Ok(total)

@@ -6,6 +6,7 @@
 //! program runs on both).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use sensor_common::Loss;
 
 use crate::{
     process::{identity, stats},
@@ -21,7 +22,7 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_process_exit(ctx: &BtfTracePointContext) -> Result<(), u32> {
+fn try_process_exit(ctx: &BtfTracePointContext) -> Result<(), Loss> {
     if !offsets_ready() {
         return Ok(());
     }

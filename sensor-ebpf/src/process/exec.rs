@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use sensor_common::{maps, ExecInfo, EXEC_ARGS_LEN};
+use sensor_common::{maps, ExecInfo, Loss, EXEC_ARGS_LEN};
 
 use crate::runtime::kernel::{current_task, off, read, read_ptr};
 
@@ -15,12 +15,13 @@ static EXEC_INFO: LruHashMap<u32, ExecInfo> = LruHashMap::with_max_entries(maps:
 
 /// Room to build an `ExecInfo` (too big for the 512-byte stack).
 #[map(name = "EXEC_SCRATCH")]
-static EXEC_SCRATCH: PerCpuArray<ExecInfo> = PerCpuArray::with_max_entries(1, 0);
+static EXEC_SCRATCH: PerCpuArray<ExecInfo> =
+    PerCpuArray::with_max_entries(maps::EXEC_SCRATCH_SIZE, 0);
 
 /// Records the path and arguments of the image `tgid` (the current
 /// process) just executed, from its `struct linux_binprm *bprm`.
 #[inline(always)]
-pub fn record(bprm: *const u8, tgid: u32) -> Result<(), u32> {
+pub fn record(bprm: *const u8, tgid: u32) -> Result<(), Loss> {
     let Some(info) = EXEC_SCRATCH.get_ptr_mut(0) else {
         return Ok(());
     };

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::HashMap,
 };
-use sensor_common::{counter, maps, ProcInfo, PROC_EXITED};
+use sensor_common::{maps, Loss, ProcInfo, PROC_EXITED};
 
 use crate::runtime::{
     kernel::{current_task, off, read, read_ptr},
@@ -41,7 +41,7 @@ pub(super) fn record(tgid: u32) {
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     if PROC_INFO.insert(tgid, info, 0).is_err() {
-        loss::bump(counter::INFO_MAP_FULL);
+        loss::bump(Loss::InfoMapFull);
     }
 }
 
@@ -70,14 +70,14 @@ pub fn refresh(tgid: u32, exec: bool) {
 }
 
 #[inline(always)]
-fn parent_tgid(task: *const u8) -> Result<u32, u32> {
+fn parent_tgid(task: *const u8) -> Result<u32, Loss> {
     let parent = read_ptr(task, off!(task_real_parent))?;
     read::<u32>(parent, off!(task_tgid))
 }
 
 /// `task->signal->pids[PIDTYPE_SID]->numbers[0].nr`
 #[inline(always)]
-fn session_id(task: *const u8) -> Result<u32, u32> {
+fn session_id(task: *const u8) -> Result<u32, Loss> {
     let signal = read_ptr(task, off!(task_signal))?;
     let pid = read_ptr(signal, off!(signal_sid_pid))?;
     if pid.is_null() {
@@ -90,7 +90,7 @@ fn session_id(task: *const u8) -> Result<u32, u32> {
 /// it was its last thread, so user space can take its final counts and
 /// forget it.
 #[inline(always)]
-pub fn mark_exited(tgid: u32, task: *const u8) -> Result<(), u32> {
+pub fn mark_exited(tgid: u32, task: *const u8) -> Result<(), Loss> {
     let Some(info) = PROC_INFO.get_ptr_mut(tgid) else {
         return Ok(());
     };

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruPerCpuHashMap, PerCpuHashMap},
 };
-use sensor_common::{counter, maps, ProcCounters, OVERFLOW_TGID};
+use sensor_common::{maps, Loss, ProcCounters, OVERFLOW_TGID};
 
 use super::identity;
 use crate::runtime::slot::slot_of;
@@ -29,7 +29,7 @@ pub fn current_tgid() -> u32 {
 /// (in `PROC_STATS`, or in the LRU spill when it is full, so a new process
 /// keeps its own counters and identity under pressure).
 #[inline(always)]
-pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, u32> {
+pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, Loss> {
     // The value is only built (and the clock read) when an entry is made.
     // Both full and no spill slot: the entry user space reserved keeps the
     // bytes in the totals, without an identity.
@@ -42,10 +42,10 @@ pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, u32> {
             ..ProcCounters::default()
         },
         spill: PROC_SPILL,
-        full: counter::PROC_MAP_FULL,
+        full: Loss::ProcMapFull,
         overflow: OVERFLOW_TGID,
     )
-    .ok_or(counter::PROC_MAP_FULL)?;
+    .ok_or(Loss::ProcMapFull)?;
     if created {
         identity::record(tgid);
     }

@@ -5,7 +5,7 @@
 //! is read with `read_volatile`, or LLVM would fold the zero initializer.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use sensor_common::{counter, offsets::OFFSETS_MAGIC, Offsets};
+use sensor_common::{offsets::OFFSETS_MAGIC, Loss, Offsets};
 
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: Offsets = Offsets::ZERO;
@@ -30,15 +30,15 @@ pub fn offsets_ready() -> bool {
 
 /// Reads a `T` at `base + offset` in kernel memory.
 #[inline(always)]
-pub fn read<T>(base: *const u8, offset: usize) -> Result<T, u32> {
+pub fn read<T>(base: *const u8, offset: usize) -> Result<T, Loss> {
     // SAFETY: bpf_probe_read_kernel tolerates any address and reports faults.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) }
-        .map_err(|_| counter::KERNEL_READ_ERROR)
+        .map_err(|_| Loss::KernelReadError)
 }
 
 /// Reads a pointer at `base + offset`.
 #[inline(always)]
-pub fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, u32> {
+pub fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, Loss> {
     read::<*const u8>(base, offset)
 }
 
@@ -86,7 +86,7 @@ pub fn send_fallback() -> bool {
 /// pointers, [`Probe`] helper reads through plain addresses. Code generic
 /// over it walks the same structures in both worlds.
 pub trait Mem {
-    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, u32>;
+    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, Loss>;
 }
 
 /// Direct loads (a `tp_btf` argument, `current_task_btf` and what they lead to).
@@ -97,14 +97,14 @@ pub struct Probe;
 
 impl Mem for Direct {
     #[inline(always)]
-    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, u32> {
+    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, Loss> {
         Ok(load(base, offset))
     }
 }
 
 impl Mem for Probe {
     #[inline(always)]
-    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, u32> {
+    fn get<T: Copy>(base: *const u8, offset: usize) -> Result<T, Loss> {
         read(base, offset)
     }
 }

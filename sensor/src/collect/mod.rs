@@ -9,8 +9,8 @@ pub mod resident;
 use std::collections::{HashMap, HashSet};
 
 use sensor_common::{
-    counter, FileKey, InodeKey, MmapInfo, MmapKey, ProcCounters, ProcInfo, SendCounters, SendKey,
-    OVERFLOW_TGID, PROC_EXITED,
+    Count, FileKey, InodeKey, Loss, MmapInfo, MmapKey, ProcCounters, ProcInfo, SendCounters,
+    SendKey, COUNTER_SLOTS, OVERFLOW_TGID, PROC_EXITED,
 };
 
 use self::endpoint::Endpoint;
@@ -31,7 +31,7 @@ pub struct Snapshot {
     /// Resident bytes of each mapping of a live process (`None`: the mapping
     /// is gone); mappings of processes not sampled are absent.
     pub resident: HashMap<MmapKey, Option<u64>>,
-    pub lost: [u64; counter::COUNT as usize],
+    pub lost: [u64; COUNTER_SLOTS],
 }
 
 /// Who a process is.
@@ -124,7 +124,7 @@ pub struct Poll {
     /// Identity of every process in this poll's deltas.
     pub identities: HashMap<u32, Identity>,
     /// Lost counts since the previous poll, by `counter` index.
-    pub lost: [u64; counter::COUNT as usize],
+    pub lost: [u64; COUNTER_SLOTS],
     /// Processes the kernel maps hold now, minus the exited ones.
     pub tracked: usize,
     /// Map entries of exited processes, to remove now that they are counted.
@@ -140,7 +140,7 @@ pub struct Collector {
     last_proc: HashMap<u32, ProcCounters>,
     last_send: HashMap<SendKey, u64>,
     last_file: HashMap<FileKey, u64>,
-    last_lost: [u64; counter::COUNT as usize],
+    last_lost: [u64; COUNTER_SLOTS],
     /// Bytes counted so far for each mapping (the most seen resident).
     mmap_counted: HashMap<MmapKey, u64>,
     /// Mappings a sample has seen in place.
@@ -191,7 +191,7 @@ impl Collector {
         let mut infos: HashMap<u32, ProcInfo> = snap.infos.into_iter().collect();
         let late: HashMap<u32, ProcInfo> = snap.late_infos.into_iter().collect();
         let mut poll = Poll::default();
-        let mut evicted = [0u64; counter::COUNT as usize];
+        let mut evicted = [0u64; COUNTER_SLOTS];
         let mut gone: HashSet<u32> = HashSet::new();
         for (tgid, _) in &snap.counters {
             let exited = match (infos.get(tgid), late.contains_key(tgid)) {
@@ -223,7 +223,7 @@ impl Collector {
             self.last_proc.remove(&tgid);
             self.proc_active.remove(&tgid);
             self.send_balance.remove(&tgid);
-            evicted[counter::PROC_EVICTED as usize] += 1;
+            evicted[Loss::ProcEvicted.index()] += 1;
         }
         // An identity whose counters are gone before any poll saw them: the
         // kernel writes counters first, then the identity, and the
@@ -239,7 +239,7 @@ impl Collector {
             })
             .copied()
             .collect();
-        evicted[counter::PROC_EVICTED as usize] += orphans.len() as u64;
+        evicted[Loss::ProcEvicted.index()] += orphans.len() as u64;
         for tgid in &orphans {
             infos.remove(tgid);
         }
@@ -254,18 +254,18 @@ impl Collector {
             self.last_send.remove(&key);
             self.send_active.remove(&key);
             self.send_lossy.insert(key.tgid, poll_no + LOSSY_POLLS);
-            evicted[counter::SEND_EVICTED as usize] += 1;
+            evicted[Loss::SendEvicted.index()] += 1;
         }
         let newly_seen = snap
             .mmaps
             .iter()
             .filter(|(k, _)| !self.mmap_counted.contains_key(k))
             .count() as i64;
-        let recorded = snap.lost[counter::MMAP_RECORDED as usize]
-            .saturating_sub(self.last_lost[counter::MMAP_RECORDED as usize]);
+        let recorded = snap.lost[Count::MmapRecorded.index()]
+            .saturating_sub(self.last_lost[Count::MmapRecorded.index()]);
         self.mmap_unseen += recorded as i64 - newly_seen;
         if self.mmap_unseen > 0 {
-            evicted[counter::MMAP_EVICTED as usize] += self.mmap_unseen as u64;
+            evicted[Loss::MmapEvicted.index()] += self.mmap_unseen as u64;
             self.mmap_unseen = 0;
         }
         let mut mmap_bytes = self.ingest_mmaps(&snap.mmaps, &snap.resident, &gone, &mut poll);
@@ -279,7 +279,7 @@ impl Collector {
         for key in mmap_vanished {
             self.mmap_counted.remove(&key);
             self.mmap_seen.remove(&key);
-            evicted[counter::MMAP_EVICTED as usize] += 1;
+            evicted[Loss::MmapEvicted.index()] += 1;
         }
         for (tgid, info) in late {
             infos.entry(tgid).or_insert(info);
@@ -293,7 +293,7 @@ impl Collector {
                 // Evicted and made again between two polls: a new count.
                 before = ProcCounters::default();
                 self.send_balance.remove(&tgid);
-                evicted[counter::PROC_EVICTED as usize] += 1;
+                evicted[Loss::ProcEvicted.index()] += 1;
             }
             let mapped = mmap_bytes.remove(&tgid).unwrap_or(0);
             let delta = ProcDelta {
@@ -338,7 +338,7 @@ impl Collector {
                 // Evicted and made again: counting restarted.
                 self.last_send.remove(&key);
                 self.send_lossy.insert(key.tgid, poll_no + LOSSY_POLLS);
-                evicted[counter::SEND_EVICTED as usize] += 1;
+                evicted[Loss::SendEvicted.index()] += 1;
             }
             let bytes = advance(
                 &mut self.last_send,
@@ -419,7 +419,7 @@ impl Collector {
     /// hide a sender.
     fn attribute_lost_sends(&mut self, poll: &mut Poll, gone: &HashSet<u32>) {
         let polls = self.polls;
-        if poll.lost[counter::SEND_MAP_FULL as usize] > 0 {
+        if poll.lost[Loss::SendMapFull.index()] > 0 {
             // Destinations spilled: some may have been evicted before any
             // poll saw them, whoever sent them.
             self.send_lossy.insert(OVERFLOW_TGID, polls + LOSSY_POLLS);
@@ -719,7 +719,7 @@ mod tests {
     #[test]
     fn lost_is_a_delta() {
         let mut c = Collector::default();
-        let mut lost = [0; counter::COUNT as usize];
+        let mut lost = [0; COUNTER_SLOTS];
         lost[0] = 5;
         assert_eq!(
             c.ingest(
@@ -840,7 +840,7 @@ mod tests {
         );
         // 11 left the spill while alive; 10's entry was evicted and made again.
         let p = c.ingest(snap(vec![(10, born(counters(30, 0, 0), 9))]), |_| true);
-        assert_eq!(p.lost[counter::PROC_EVICTED as usize], 2);
+        assert_eq!(p.lost[Loss::ProcEvicted.index()], 2);
         assert_eq!(p.procs[0].read_bytes, 30, "a new entry counts from zero");
         // An identity whose counters were evicted before any poll saw them.
         let p = c.ingest(
@@ -851,7 +851,7 @@ mod tests {
             },
             |_| true,
         );
-        assert_eq!(p.lost[counter::PROC_EVICTED as usize], 1);
+        assert_eq!(p.lost[Loss::ProcEvicted.index()], 1);
         assert!(p.forget_tgids.contains(&12), "its identity is removed");
     }
 
@@ -859,8 +859,8 @@ mod tests {
     fn sent_bytes_of_lost_destinations_go_to_an_unknown_destination() {
         let mut c = Collector::default();
         let snap = |sent: u64, dests: Vec<(SendKey, SendCounters)>, full: u64| {
-            let mut lost = [0; counter::COUNT as usize];
-            lost[counter::SEND_MAP_FULL as usize] = full;
+            let mut lost = [0; COUNTER_SLOTS];
+            lost[Loss::SendMapFull.index()] = full;
             Snapshot {
                 counters: vec![(10, born(counters(0, 0, sent), 1))],
                 infos: vec![info(10, "w", 0)],

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sensor_common::{counter, OVERFLOW_TGID};
+use sensor_common::{Loss, OVERFLOW_TGID};
 
 use crate::collect::Poll;
 
@@ -24,7 +24,7 @@ impl BlindWatch {
     /// The alert's detail when this poll lost what detection needs and no
     /// alert was raised within `every`; `now` is the agent's uptime.
     pub fn check(&mut self, poll: &Poll, now: Duration) -> Option<String> {
-        let lost = |c: u32| poll.lost[c as usize];
+        let lost = |reason: Loss| poll.lost[reason.index()];
         let (watched, sent) = poll
             .procs
             .iter()
@@ -32,9 +32,9 @@ impl BlindWatch {
             .fold((0u64, 0u64), |(w, s), p| {
                 (w + p.watched_read_bytes, s + p.sent_bytes)
             });
-        let evicted = lost(counter::PROC_EVICTED);
-        let no_identity = lost(counter::INFO_MAP_FULL);
-        let mappings = lost(counter::MMAP_EVICTED);
+        let evicted = lost(Loss::ProcEvicted);
+        let no_identity = lost(Loss::InfoMapFull);
+        let mappings = lost(Loss::MmapEvicted);
         if evicted + no_identity + mappings + watched + sent == 0 {
             return None;
         }
@@ -58,10 +58,10 @@ mod tests {
     use super::*;
     use crate::collect::ProcDelta;
 
-    fn poll_with(lost: &[(u32, u64)], overflow_watched: u64) -> Poll {
+    fn poll_with(lost: &[(Loss, u64)], overflow_watched: u64) -> Poll {
         let mut p = Poll::default();
         for (c, n) in lost {
-            p.lost[*c as usize] = *n;
+            p.lost[c.index()] = *n;
         }
         if overflow_watched > 0 {
             p.procs.push(ProcDelta {
@@ -82,14 +82,11 @@ mod tests {
         let mut w = BlindWatch::new(Duration::from_secs(60));
         // Spilling is pressure, but nothing was lost: not blind.
         assert!(w
-            .check(
-                &poll_with(&[(counter::PROC_MAP_FULL, 9)], 0),
-                Duration::ZERO
-            )
+            .check(&poll_with(&[(Loss::ProcMapFull, 9)], 0), Duration::ZERO)
             .is_none());
         let d = w
             .check(
-                &poll_with(&[(counter::PROC_EVICTED, 3)], 0),
+                &poll_with(&[(Loss::ProcEvicted, 3)], 0),
                 Duration::from_secs(1),
             )
             .expect("evictions make it blind");

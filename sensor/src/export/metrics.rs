@@ -13,7 +13,7 @@ use std::{
 use prometheus::{
     Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use sensor_common::counter;
+use sensor_common::Loss;
 
 use crate::{collect::Poll, enrich::label::Labelled, export::labels::LabelFolder};
 
@@ -91,8 +91,8 @@ impl Metrics {
             "Reads or sends the kernel side could not count, by reason.",
             &["reason"],
         )?;
-        for reason in counter::REASONS {
-            lost.with_label_values(&[reason]).inc_by(0);
+        for reason in Loss::ALL {
+            lost.with_label_values(&[reason.label()]).inc_by(0);
         }
         let tracked = IntGauge::new(
             "sensor_tracked_processes",
@@ -274,11 +274,10 @@ impl Metrics {
                 .with_label_values(&[&comm, &container, s.class.as_str()])
                 .inc_by(s.bytes);
         }
-        for (i, n) in poll.lost.iter().enumerate().take(counter::REASONS.len()) {
-            if *n > 0 {
-                self.lost
-                    .with_label_values(&[counter::REASONS[i]])
-                    .inc_by(*n);
+        for reason in Loss::ALL {
+            let n = poll.lost[reason.index()];
+            if n > 0 {
+                self.lost.with_label_values(&[reason.label()]).inc_by(n);
             }
         }
         self.tracked.set(poll.tracked as i64);

@@ -17,8 +17,9 @@ use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
 };
 use sensor_common::{
-    counter, maps as names, maps::programs, ExecInfo, ExtKey, FileKey, InodeKey, MmapInfo, MmapKey,
-    ProcCounters, ProcInfo, RuntimeConfig, SendCounters, SendKey, FAMILY_OVERFLOW, OVERFLOW_TGID,
+    maps as names, maps::programs, ExecInfo, ExtKey, FileKey, InodeKey, Loss, MmapInfo, MmapKey,
+    ProcCounters, ProcInfo, RuntimeConfig, SendCounters, SendKey, COUNTER_SLOTS, FAMILY_OVERFLOW,
+    OVERFLOW_TGID,
 };
 
 use crate::{
@@ -345,14 +346,14 @@ impl Sensor {
     }
 
     /// Cumulative `COUNTERS`, by index.
-    pub fn read_lost(&self) -> anyhow::Result<[u64; counter::COUNT as usize]> {
+    pub fn read_lost(&self) -> anyhow::Result<[u64; COUNTER_SLOTS]> {
         let map: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(map(&self.ebpf, names::COUNTERS)?)?;
-        let mut out = [0; counter::COUNT as usize];
+        let mut out = [0; COUNTER_SLOTS];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
         }
-        out[counter::RECURSION_MISS as usize] = self.recursion_misses();
+        out[Loss::RecursionMiss.index()] = self.recursion_misses();
         Ok(out)
     }
 
@@ -619,5 +620,114 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use aya_obj::{Object, ProgramSection};
+    use sensor_common::Offsets;
+
+    use super::*;
+
+    fn object() -> Object {
+        Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses")
+    }
+
+    /// The maps of the object by name, without the data sections (`.rodata`…).
+    fn object_maps(obj: &Object) -> BTreeSet<&str> {
+        obj.maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.'))
+            .collect()
+    }
+
+    #[test]
+    fn the_object_has_every_map_the_loader_names_and_no_other() {
+        let obj = object();
+        let named: BTreeSet<&str> = names::ALL.into_iter().collect();
+        assert_eq!(named.len(), names::ALL.len(), "a map named twice");
+        let in_object = object_maps(&obj);
+        let missing: Vec<_> = named.difference(&in_object).collect();
+        let unnamed: Vec<_> = in_object.difference(&named).collect();
+        assert!(
+            missing.is_empty() && unnamed.is_empty(),
+            "named in sensor_common::maps but not in the object: {missing:?}; \
+             in the object but not named: {unnamed:?}"
+        );
+    }
+
+    #[test]
+    fn every_map_has_the_capacity_sensor_common_gives_it() {
+        let obj = object();
+        let procs = names::DEFAULT_MAX_PROCS;
+        for (name, capacity) in [
+            (names::PROC_STATS, procs),
+            (names::PROC_SPILL, names::proc_spill_size(procs)),
+            (names::PROC_INFO, procs + names::proc_spill_size(procs)),
+            (names::SEND_STATS, names::DEFAULT_MAX_DESTS),
+            (names::SEND_SPILL, names::send_spill_size(procs)),
+            (names::FILE_STATS, names::DEFAULT_MAX_FILES),
+            (names::PENDING_DEST, names::PENDING_DEST_SIZE),
+            (names::WATCHED_MMAPS, names::DEFAULT_MAX_FILES),
+            (names::EXEC_INFO, names::EXEC_INFO_SIZE),
+            (names::EXEC_SCRATCH, names::EXEC_SCRATCH_SIZE),
+            (names::WATCH_INODES, names::MAX_WATCH_INODES),
+            (names::WATCH_EXTS, names::MAX_WATCH_EXTS),
+            (names::WATCH_CACHE, names::WATCH_CACHE_SIZE),
+            (names::RUNTIME, names::RUNTIME_SIZE),
+            (names::COUNTERS, names::COUNTERS_SIZE),
+            (names::LAST_FILE, names::LAST_FILE_SIZE),
+        ] {
+            let map = obj
+                .maps
+                .get(name)
+                .unwrap_or_else(|| panic!("no map {name}"));
+            assert_eq!(map.max_entries(), capacity, "capacity of {name}");
+        }
+    }
+
+    #[test]
+    fn the_object_has_every_program_the_loader_attaches_and_no_other() {
+        let obj = object();
+        let named: BTreeSet<&str> = programs::ALL.into_iter().collect();
+        assert_eq!(named.len(), programs::ALL.len(), "a program named twice");
+        let in_object: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert_eq!(in_object, named, "programs in the object, then named");
+        let hooked: BTreeSet<&str> = CAPABILITIES
+            .iter()
+            .flat_map(|c| c.hooks)
+            .map(|h| h.program)
+            .collect();
+        assert_eq!(hooked, named, "programs the loader attaches, then named");
+        for hook in CAPABILITIES.iter().flat_map(|c| c.hooks) {
+            let section = &obj.programs[hook.program].section;
+            let kind_matches = match hook.hook.split_once('/') {
+                Some(("tp_btf", _)) => matches!(section, ProgramSection::BtfTracePoint),
+                Some(("cgroup", _)) => matches!(section, ProgramSection::CgroupSockAddr { .. }),
+                _ => false,
+            };
+            assert!(
+                kind_matches,
+                "{} is {section:?}, attached as {}",
+                hook.program, hook.hook
+            );
+        }
+    }
+
+    #[test]
+    fn the_object_has_the_offsets_global_the_loader_overrides() {
+        let mut obj = object();
+        // What `EbpfLoader::override_global(_, _, true)` does at load: the
+        // symbol must exist and be exactly an `Offsets`.
+        let bytes = vec![0u8; std::mem::size_of::<Offsets>()];
+        obj.patch_map_data(HashMap::from([(
+            names::OFFSETS_GLOBAL,
+            (bytes.as_slice(), true),
+        )]))
+        .expect("the OFFSETS global, the size of Offsets");
     }
 }
