@@ -4,5 +4,6 @@
 pub mod check;
 pub mod pipeline;
 pub mod run;
+pub mod runner;
 pub mod tail;
 pub mod trail;

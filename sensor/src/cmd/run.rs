@@ -1,10 +1,7 @@
 //! `sensor run`: validate, bind, attach, then poll the kernel maps until
 //! SIGINT/SIGTERM, and detach.
 
-use std::{
-    io::Write as _,
-    time::{Duration, Instant},
-};
+use std::io::Write as _;
 
 use anyhow::Context as _;
 use tokio::{
@@ -13,6 +10,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::runner::{self, Runner};
 use crate::{
     alerts::Sinks,
     cli::RunArgs,
@@ -20,21 +18,13 @@ use crate::{
     config::Config,
     export::{http, metrics::Metrics},
     failure::Failure,
-    kernel::{
-        loader::{LoadOptions, Sensor},
-        privilege,
-        watch::WatchSet,
-    },
+    kernel::{privilege, watch::WatchSet},
     tail::{
         server,
         server::{ClientStats, Publisher},
     },
     util::sysinfo,
 };
-
-/// How often cached watched decisions are recomputed, so a file renamed into
-/// (or out of) a watched directory is classified anew.
-const WATCH_REFRESH: Duration = Duration::from_secs(30);
 
 pub fn main(args: RunArgs) -> Result<(), Failure> {
     // Everything that can be wrong with the input is checked before the
@@ -71,14 +61,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
 
     privilege::require_bpf()?;
     let mut trail = Trail::open(&cfg, &sysinfo::hostname())?;
-    let loaded = Sensor::load(
-        &watch,
-        &LoadOptions {
-            processes: cfg.max_processes,
-            btf: cfg.btf_path.clone(),
-        },
-    );
-    let mut sensor = match loaded {
+    let sensor = match runner::load(&cfg, &watch) {
         Ok(s) => s,
         Err(e) => {
             trail.stop("the programs could not be attached");
@@ -110,7 +93,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         connected: metrics.tail_clients.clone(),
         dropped: metrics.tail_dropped.clone(),
     };
-    let mut pipeline = Pipeline::new(&cfg, &watch, metrics);
+    let pipeline = Pipeline::new(&cfg, &watch, metrics);
 
     let shutdown = CancellationToken::new();
     // The metrics server thread: /metrics and /healthz answer while a poll
@@ -149,40 +132,30 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
         "ready"
     );
 
-    let mut ticker = tokio::time::interval(cfg.poll_interval);
-    let mut last_refresh = Instant::now();
     pipeline.metrics.health.start(cfg.poll_interval);
-    loop {
+    let mut runner = Runner::new(sensor, pipeline);
+    let stop = async {
         tokio::select! {
-            _ = ticker.tick() => {}
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
         }
-        let poll_start = Instant::now();
-        let mut out = pipeline.poll(&mut sensor)?;
-        for alert in &out.alerts {
-            sinks.emit(alert);
-        }
-        for line in out.notices.drain(..) {
-            sinks.emit_line(line);
-        }
-        trail.after_poll(&mut out, &sensor, &pipeline.metrics, &mut sinks);
-        publisher.publish(&out.records, &out.alerts);
-        pipeline.metrics.poll_done(poll_start.elapsed());
-        if last_refresh.elapsed() >= WATCH_REFRESH {
-            sensor.bump_generation()?;
-            last_refresh = Instant::now();
-        }
-    }
-    // Count what moved since the last tick, then detach.
-    let mut out = pipeline.poll(&mut sensor)?;
-    for alert in &out.alerts {
-        sinks.emit(alert);
-    }
-    trail.after_poll(&mut out, &sensor, &pipeline.metrics, &mut sinks);
+    };
+    runner
+        .run(cfg.poll_interval, stop, |r, mut out| {
+            for alert in &out.alerts {
+                sinks.emit(alert);
+            }
+            for line in out.notices.drain(..) {
+                sinks.emit_line(line);
+            }
+            trail.after_poll(&mut out, &r.sensor, &r.pipeline.metrics, &mut sinks);
+            publisher.publish(&out.records, &out.alerts);
+            Ok(())
+        })
+        .await?;
     trail.stop("SIGTERM or SIGINT");
     shutdown.cancel();
-    drop(sensor);
+    drop(runner);
     tracing::info!("programs detached, exiting");
     let _ = tail.await;
     let _ = server.join();

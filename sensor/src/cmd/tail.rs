@@ -16,16 +16,14 @@ use tokio::{
     net::UnixStream,
 };
 
+use super::runner::{self, Runner};
 use crate::{
     cli::{RunArgs, TailArgs},
     cmd::pipeline::Pipeline,
     config::Config,
     export::metrics::Metrics,
     failure::Failure,
-    kernel::{
-        loader::{LoadOptions, Sensor},
-        watch::WatchSet,
-    },
+    kernel::watch::WatchSet,
     tail::{
         record::{ActivityRecord, Message},
         render::Output,
@@ -196,36 +194,28 @@ async fn standalone(
     out: &mut Output<impl std::io::Write>,
 ) -> anyhow::Result<()> {
     let watch = WatchSet::resolve(&cfg.watch)?;
-    crate::kernel::privilege::require_bpf()?;
-    let mut sensor = Sensor::load(
-        &watch,
-        &LoadOptions {
-            processes: cfg.max_processes,
-            btf: cfg.btf_path.clone(),
-        },
-    )?;
+    let sensor = runner::load(&cfg, &watch)?;
     let metrics = Metrics::new(cfg.max_comm_labels, &sysinfo::kernel_release())?;
-    let mut pipeline = Pipeline::new(&cfg, &watch, metrics);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.tick().await;
-    pipeline.poll(&mut sensor)?; // what happened before we started is not this view's
+    let mut runner = Runner::new(sensor, Pipeline::new(&cfg, &watch, metrics));
+    runner.poll()?; // what happened before we started is not this view's
     eprintln!("sensor tail: programs attached, watching");
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-        let polled = pipeline.poll(&mut sensor)?;
-        let mut acc: HashMap<u32, ActivityRecord> =
-            polled.records.into_iter().map(|r| (r.pid, r)).collect();
-        flush(&mut acc, filter, out)?;
-        for a in polled.alerts {
-            let v = serde_json::to_value(&a)?;
-            if filter.alert(&v) {
-                out.alert(&v)?;
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    runner
+        .run(interval, stop, |_, polled| {
+            let mut acc: HashMap<u32, ActivityRecord> =
+                polled.records.into_iter().map(|r| (r.pid, r)).collect();
+            flush(&mut acc, filter, out)?;
+            for a in polled.alerts {
+                let v = serde_json::to_value(&a)?;
+                if filter.alert(&v) {
+                    out.alert(&v)?;
+                }
             }
-        }
-    }
+            Ok(())
+        })
+        .await
 }
 
 #[cfg(test)]
