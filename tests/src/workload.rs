@@ -84,7 +84,8 @@ fn parse(stdout: &str) -> serde_json::Value {
 /// Reads `file` and sends it over TCP to a sink in `peer`'s namespace (on a
 /// port the sink got from the kernel), as `comm` (`read-send` in a session
 /// of its own); waits for the sink to have it all and returns the
-/// workload's report (`pid`, `read_bytes`, `sent_bytes`, …).
+/// workload's report (`pid`, `read_bytes`, `sent_bytes`, …) with the sink's
+/// address added as `to`.
 pub fn exfiltrate(
     peer: &crate::netns::Peer,
     comm: &str,
@@ -94,7 +95,8 @@ pub fn exfiltrate(
     cmd.args(["tcp-sink", "--listen", &format!("{}:0", peer.ip)]);
     let sink = Sink::start(cmd);
     let file = file.to_str().expect("UTF-8 path");
-    let r = report(comm, &["read-send", "--file", file, "--to", sink.addr()]);
+    let mut r = report(comm, &["read-send", "--file", file, "--to", sink.addr()]);
+    r["to"] = sink.addr().into();
     sink.finish();
     r
 }

@@ -76,14 +76,14 @@ fn storm_of_short_lived_processes_and_syscalls() {
     let sink_prog = workload::program("rl-sink");
     let sink = Sink::start({
         let mut c = Command::new(&sink_prog);
-        c.args(["udp-sink", "--listen", "127.0.0.1:9701"]);
+        c.args(["udp-sink", "--listen", "127.0.0.1:0"]);
         c
     });
     let sender = Command::new(workload::program("rl-udp"))
         .args([
             "udp-send",
             "--to",
-            "127.0.0.1:9701",
+            sink.addr(),
             "--bytes",
             &(256 * MIB).to_string(),
             "--chunk",
