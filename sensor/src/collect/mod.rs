@@ -187,49 +187,70 @@ impl Collector {
     /// processes the kernel has no identity for (their exit is unmarked).
     pub fn ingest(&mut self, snap: Snapshot, alive: impl Fn(u32) -> bool) -> Poll {
         self.polls += 1;
-        let poll_no = self.polls;
         let mut infos: HashMap<u32, ProcInfo> = snap.infos.into_iter().collect();
         let late: HashMap<u32, ProcInfo> = snap.late_infos.into_iter().collect();
         let mut poll = Poll::default();
         let mut evicted = [0u64; COUNTER_SLOTS];
-        let mut gone: HashSet<u32> = HashSet::new();
-        for (tgid, _) in &snap.counters {
-            let exited = match (infos.get(tgid), late.contains_key(tgid)) {
-                (Some(i), _) => i.flags & PROC_EXITED != 0,
-                (None, true) => false,
-                (None, false) => *tgid != OVERFLOW_TGID && !alive(*tgid),
-            };
-            if exited {
-                gone.insert(*tgid);
-            }
+        let gone = exited(&snap.counters, &infos, &late, alive);
+        let mut orphans = self.proc_evictions(&snap.counters, &mut infos, &gone, &mut evicted);
+        self.send_evictions(&snap.sends, &mut evicted);
+        self.mmap_evictions(
+            &snap.mmaps,
+            snap.lost[Count::MmapRecorded.index()],
+            &mut evicted,
+        );
+        let mmap_bytes = self.ingest_mmaps(&snap.mmaps, &snap.resident, &gone, &mut poll);
+        for (tgid, info) in late {
+            infos.entry(tgid).or_insert(info);
         }
-        // Identity entries without counters (counter map full): forget with the process.
-        for (tgid, info) in &infos {
-            if info.flags & PROC_EXITED != 0 {
-                gone.insert(*tgid);
-            }
+        self.ingest_procs(
+            snap.counters,
+            &infos,
+            &gone,
+            mmap_bytes,
+            &mut poll,
+            &mut evicted,
+        );
+        self.ingest_sends(snap.sends, &gone, &mut poll, &mut evicted);
+        self.ingest_files(snap.files, &gone, &mut poll);
+        for (i, now) in snap.lost.iter().enumerate() {
+            poll.lost[i] = now.saturating_sub(self.last_lost[i]) + evicted[i];
+            self.last_lost[i] = *now;
         }
-        // Entries that left the maps without us removing them: evicted
-        // from a spill (LRU). Their last bytes are lost; counted.
-        let present: HashSet<u32> = snap.counters.iter().map(|(t, _)| *t).collect();
-        let vanished: Vec<u32> = self
-            .last_proc
-            .keys()
-            .filter(|t| !present.contains(t))
-            .copied()
-            .collect();
+        self.attribute_lost_sends(&mut poll, &gone);
+        for tgid in &gone {
+            self.send_balance.remove(tgid);
+        }
+        poll.forget_tgids = gone.into_iter().collect();
+        poll.forget_tgids.append(&mut orphans);
+        if self.prune_after > 0 && self.polls.is_multiple_of(PRUNE_EVERY) {
+            self.prune(&mut poll);
+        }
+        poll.forget_tgids.sort_unstable();
+        poll.forget_tgids.dedup();
+        poll
+    }
+
+    /// Process entries that left the maps without us removing them: evicted
+    /// from the spill (LRU); their last bytes are lost, and counted. Returns
+    /// the identities whose counters went before any poll saw them (the
+    /// kernel writes counters first, then the identity, and identities are
+    /// read first, so those counters were evicted): removed with them.
+    fn proc_evictions(
+        &mut self,
+        counters: &[(u32, ProcCounters)],
+        infos: &mut HashMap<u32, ProcInfo>,
+        gone: &HashSet<u32>,
+        evicted: &mut [u64; COUNTER_SLOTS],
+    ) -> Vec<u32> {
+        let present: HashSet<u32> = counters.iter().map(|(t, _)| *t).collect();
+        let vanished: HashSet<u32> = vanished_keys(&self.last_proc, &present).collect();
         for tgid in &vanished {
-            let tgid = *tgid;
-            self.last_proc.remove(&tgid);
-            self.proc_active.remove(&tgid);
-            self.send_balance.remove(&tgid);
-            evicted[Loss::ProcEvicted.index()] += 1;
+            self.last_proc.remove(tgid);
+            self.proc_active.remove(tgid);
+            self.send_balance.remove(tgid);
         }
-        // An identity whose counters are gone before any poll saw them: the
-        // kernel writes counters first, then the identity, and the
-        // identities are read first, so its counters were evicted. Its
-        // identity is removed with it.
-        let mut orphans: Vec<u32> = infos
+        let orphans: Vec<u32> = infos
             .keys()
             .filter(|t| {
                 **t != OVERFLOW_TGID
@@ -239,54 +260,69 @@ impl Collector {
             })
             .copied()
             .collect();
-        evicted[Loss::ProcEvicted.index()] += orphans.len() as u64;
         for tgid in &orphans {
             infos.remove(tgid);
         }
-        let send_present: HashSet<SendKey> = snap.sends.iter().map(|(k, _)| *k).collect();
-        let send_vanished: Vec<SendKey> = self
-            .last_send
-            .keys()
-            .filter(|k| !send_present.contains(k))
-            .copied()
-            .collect();
-        for key in send_vanished {
+        evicted[Loss::ProcEvicted.index()] += (vanished.len() + orphans.len()) as u64;
+        orphans
+    }
+
+    /// Destination entries evicted from the spill: their senders' later
+    /// unattributed bytes are reported (see [`Self::attribute_lost_sends`]).
+    fn send_evictions(
+        &mut self,
+        sends: &[(SendKey, SendCounters)],
+        evicted: &mut [u64; COUNTER_SLOTS],
+    ) {
+        let present: HashSet<SendKey> = sends.iter().map(|(k, _)| *k).collect();
+        let vanished: Vec<SendKey> = vanished_keys(&self.last_send, &present).collect();
+        for key in vanished {
             self.last_send.remove(&key);
             self.send_active.remove(&key);
-            self.send_lossy.insert(key.tgid, poll_no + LOSSY_POLLS);
+            self.send_lossy.insert(key.tgid, self.polls + LOSSY_POLLS);
             evicted[Loss::SendEvicted.index()] += 1;
         }
-        let newly_seen = snap
-            .mmaps
+    }
+
+    /// Mapping records evicted from the LRU map: those a poll had seen, and
+    /// those the kernel made (its `MMAP_RECORDED` count, read before the
+    /// map) that no poll saw.
+    fn mmap_evictions(
+        &mut self,
+        mmaps: &[(MmapKey, MmapInfo)],
+        recorded_total: u64,
+        evicted: &mut [u64; COUNTER_SLOTS],
+    ) {
+        let newly_seen = mmaps
             .iter()
             .filter(|(k, _)| !self.mmap_counted.contains_key(k))
             .count() as i64;
-        let recorded = snap.lost[Count::MmapRecorded.index()]
-            .saturating_sub(self.last_lost[Count::MmapRecorded.index()]);
+        let recorded = recorded_total.saturating_sub(self.last_lost[Count::MmapRecorded.index()]);
         self.mmap_unseen += recorded as i64 - newly_seen;
         if self.mmap_unseen > 0 {
             evicted[Loss::MmapEvicted.index()] += self.mmap_unseen as u64;
             self.mmap_unseen = 0;
         }
-        let mut mmap_bytes = self.ingest_mmaps(&snap.mmaps, &snap.resident, &gone, &mut poll);
-        let mmap_present: HashSet<MmapKey> = snap.mmaps.iter().map(|(k, _)| *k).collect();
-        let mmap_vanished: Vec<MmapKey> = self
-            .mmap_counted
-            .keys()
-            .filter(|k| !mmap_present.contains(k))
-            .copied()
-            .collect();
-        for key in mmap_vanished {
+        let present: HashSet<MmapKey> = mmaps.iter().map(|(k, _)| *k).collect();
+        let vanished: Vec<MmapKey> = vanished_keys(&self.mmap_counted, &present).collect();
+        for key in vanished {
             self.mmap_counted.remove(&key);
             self.mmap_seen.remove(&key);
             evicted[Loss::MmapEvicted.index()] += 1;
         }
-        for (tgid, info) in late {
-            infos.entry(tgid).or_insert(info);
-        }
+    }
 
-        for (tgid, now) in snap.counters {
-            let info = infos.get(&tgid);
+    /// Per-process deltas (mapped bytes added), identities, activity.
+    fn ingest_procs(
+        &mut self,
+        counters: Vec<(u32, ProcCounters)>,
+        infos: &HashMap<u32, ProcInfo>,
+        gone: &HashSet<u32>,
+        mut mmap_bytes: HashMap<u32, u64>,
+        poll: &mut Poll,
+        evicted: &mut [u64; COUNTER_SLOTS],
+    ) {
+        for (tgid, now) in counters {
             let exited = gone.contains(&tgid);
             let mut before = self.last_proc.get(&tgid).copied().unwrap_or_default();
             if before.born_ns != 0 && now.born_ns != before.born_ns {
@@ -311,33 +347,40 @@ impl Collector {
                 total: now,
                 exited,
             };
+            let moved = delta.read_bytes + delta.sent_bytes > 0;
             if exited {
                 self.last_proc.remove(&tgid);
                 self.proc_active.remove(&tgid);
             } else {
                 self.last_proc.insert(tgid, now);
                 poll.tracked += 1;
-                if delta.read_bytes + delta.sent_bytes > 0 || !self.proc_active.contains_key(&tgid)
-                {
-                    self.proc_active.insert(tgid, poll_no);
-                }
+                touch(&mut self.proc_active, tgid, moved, self.polls);
             }
-            if exited || delta.read_bytes + delta.sent_bytes > 0 {
+            if exited || moved {
                 if tgid != OVERFLOW_TGID && delta.sent_bytes > 0 {
                     *self.send_balance.entry(tgid).or_default() += delta.sent_bytes as i64;
                 }
                 poll.identities
-                    .insert(tgid, Identity::from_info(tgid, info));
+                    .insert(tgid, Identity::from_info(tgid, infos.get(&tgid)));
                 poll.procs.push(delta);
             }
         }
+    }
 
-        for (key, now) in snap.sends {
+    /// Per-destination deltas; each is taken off its sender's balance.
+    fn ingest_sends(
+        &mut self,
+        sends: Vec<(SendKey, SendCounters)>,
+        gone: &HashSet<u32>,
+        poll: &mut Poll,
+        evicted: &mut [u64; COUNTER_SLOTS],
+    ) {
+        for (key, now) in sends {
             let gone_now = gone.contains(&key.tgid);
             if self.last_send.get(&key).is_some_and(|b| now.bytes < *b) {
                 // Evicted and made again: counting restarted.
                 self.last_send.remove(&key);
-                self.send_lossy.insert(key.tgid, poll_no + LOSSY_POLLS);
+                self.send_lossy.insert(key.tgid, self.polls + LOSSY_POLLS);
                 evicted[Loss::SendEvicted.index()] += 1;
             }
             let bytes = advance(
@@ -349,14 +392,15 @@ impl Collector {
             );
             if gone_now {
                 self.send_active.remove(&key);
-            } else if bytes > 0 || !self.send_active.contains_key(&key) {
-                self.send_active.insert(key, poll_no);
+            } else {
+                touch(&mut self.send_active, key, bytes > 0, self.polls);
             }
             if let Some(b) = self.send_balance.get_mut(&key.tgid) {
                 *b -= bytes as i64;
             }
             if key.tgid == OVERFLOW_TGID && bytes > 0 {
-                self.send_lossy.insert(OVERFLOW_TGID, poll_no + LOSSY_POLLS);
+                self.send_lossy
+                    .insert(OVERFLOW_TGID, self.polls + LOSSY_POLLS);
             }
             let endpoint = Endpoint::from_kernel(key.family, key.addr, key.port);
             if let (true, Some(endpoint)) = (bytes > 0, endpoint) {
@@ -367,7 +411,11 @@ impl Collector {
                 });
             }
         }
-        for (key, now) in snap.files {
+    }
+
+    /// Per-(process, watched file) deltas.
+    fn ingest_files(&mut self, files: Vec<(FileKey, u64)>, gone: &HashSet<u32>, poll: &mut Poll) {
+        for (key, now) in files {
             let gone_now = gone.contains(&key.tgid);
             let bytes = advance(
                 &mut self.last_file,
@@ -378,8 +426,8 @@ impl Collector {
             );
             if gone_now {
                 self.file_active.remove(&key);
-            } else if bytes > 0 || !self.file_active.contains_key(&key) {
-                self.file_active.insert(key, poll_no);
+            } else {
+                touch(&mut self.file_active, key, bytes > 0, self.polls);
             }
             if bytes > 0 {
                 let inode = InodeKey {
@@ -394,22 +442,6 @@ impl Collector {
                 });
             }
         }
-        for (i, now) in snap.lost.iter().enumerate() {
-            poll.lost[i] = now.saturating_sub(self.last_lost[i]) + evicted[i];
-            self.last_lost[i] = *now;
-        }
-        self.attribute_lost_sends(&mut poll, &gone);
-        for tgid in &gone {
-            self.send_balance.remove(tgid);
-        }
-        poll.forget_tgids = gone.into_iter().collect();
-        poll.forget_tgids.append(&mut orphans);
-        if self.prune_after > 0 && poll_no.is_multiple_of(PRUNE_EVERY) {
-            self.prune(&mut poll);
-        }
-        poll.forget_tgids.sort_unstable();
-        poll.forget_tgids.dedup();
-        poll
     }
 
     /// Sent bytes whose destination entry was evicted or never got room are
@@ -540,6 +572,54 @@ impl Collector {
             }
         }
         per_tgid
+    }
+}
+
+/// The processes that exited: flagged by the kernel, or (without an
+/// identity, or not yet labelled) no longer alive.
+fn exited(
+    counters: &[(u32, ProcCounters)],
+    infos: &HashMap<u32, ProcInfo>,
+    late: &HashMap<u32, ProcInfo>,
+    alive: impl Fn(u32) -> bool,
+) -> HashSet<u32> {
+    let mut gone: HashSet<u32> = counters
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| match (infos.get(t), late.contains_key(t)) {
+            (Some(i), _) => i.flags & PROC_EXITED != 0,
+            (None, true) => false,
+            (None, false) => *t != OVERFLOW_TGID && !alive(*t),
+        })
+        .collect();
+    // Identities without counters (an evicted entry): forget with the process.
+    gone.extend(
+        infos
+            .iter()
+            .filter(|(_, i)| i.flags & PROC_EXITED != 0)
+            .map(|(t, _)| *t),
+    );
+    gone
+}
+
+/// Keys we hold a baseline for that the kernel's map no longer has.
+fn vanished_keys<'a, K: std::hash::Hash + Eq + Copy, V>(
+    baseline: &'a HashMap<K, V>,
+    present: &'a HashSet<K>,
+) -> impl Iterator<Item = K> + 'a {
+    baseline.keys().filter(|k| !present.contains(k)).copied()
+}
+
+/// Marks `key` active at `poll` when it moved (or is new).
+fn touch<K: std::hash::Hash + Eq>(active: &mut HashMap<K, u64>, key: K, moved: bool, poll: u64) {
+    match active.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut e) if moved => {
+            e.insert(poll);
+        }
+        std::collections::hash_map::Entry::Occupied(_) => {}
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(poll);
+        }
     }
 }
 
