@@ -55,9 +55,9 @@ impl Subnet {
     pub fn claim() -> Subnet {
         static CLAIMS: AtomicU32 = AtomicU32::new(0);
         std::fs::create_dir_all(LOCK_DIR).unwrap_or_else(|e| panic!("creating {LOCK_DIR}: {e}"));
-        let start = (std::process::id().wrapping_mul(37) + CLAIMS.fetch_add(1, Ordering::Relaxed))
-            as u16
-            % SUBNETS;
+        let claim = CLAIMS.fetch_add(1, Ordering::Relaxed);
+        let start =
+            (std::process::id().wrapping_mul(37).wrapping_add(claim) % u32::from(SUBNETS)) as u16;
         for k in 0..SUBNETS {
             let index = (start + k) % SUBNETS;
             if RESERVED.contains(&index) {
