@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::config::args::RunArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sensor",
@@ -75,103 +77,6 @@ pub struct AuditQueryArgs {
     /// JSON lines (the records as written) instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Every flag has a YAML key of the same name in `--config`; flags win.
-#[derive(Debug, Default, Args)]
-pub struct RunArgs {
-    /// YAML configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// What counts as weights: a file, a directory (recursive), `*.EXT`, or
-    /// `DIR/**/*.EXT`. Repeatable. Default: common weight extensions and
-    /// /models, /mnt/models, /data/models, ~/.cache/huggingface.
-    #[arg(long = "watch", value_name = "PATH_OR_GLOB")]
-    pub watch: Vec<String>,
-    /// Where /metrics and /healthz are served.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
-    /// A trusted destination network. Repeatable; loopback is always trusted.
-    #[arg(long = "trusted-cidr", value_name = "CIDR")]
-    pub trusted_cidr: Vec<String>,
-    /// Append alerts as JSON lines to this file.
-    #[arg(long, value_name = "PATH")]
-    pub alerts_file: Option<PathBuf>,
-    /// Push alerts to Alertmanager's v2 API at this base URL.
-    #[arg(long, value_name = "URL")]
-    pub alertmanager_url: Option<String>,
-    /// PEM CA certificates to trust for an https Alertmanager.
-    #[arg(long, value_name = "FILE")]
-    pub alertmanager_ca_file: Option<PathBuf>,
-    /// A file holding the bearer token sent to Alertmanager.
-    #[arg(long, value_name = "FILE")]
-    pub alertmanager_bearer_token_file: Option<PathBuf>,
-    /// Detection window in seconds.
-    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
-    pub window: Option<String>,
-    /// Watched bytes an actor must read in the window to alert (e.g. 64MiB).
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub min_read_bytes: Option<String>,
-    /// Untrusted bytes an actor must send in the window to alert (e.g. 32MiB).
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub min_send_bytes: Option<String>,
-    /// Minimum sent/read ratio to alert.
-    #[arg(long, value_name = "RATIO", allow_hyphen_values = true)]
-    pub min_send_ratio: Option<String>,
-    /// How often the kernel maps are read, in milliseconds.
-    #[arg(long, value_name = "MS", allow_hyphen_values = true)]
-    pub poll_interval_ms: Option<String>,
-    /// Distinct `comm` label values before the rest fold into "other".
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub max_comm_labels: Option<String>,
-    /// Processes the kernel maps can hold at once.
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub max_processes: Option<String>,
-    /// Seconds without activity after which a live process's (or a
-    /// destination's) map entries are removed (default: twice the window
-    /// plus 60 s).
-    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
-    pub prune_idle_secs: Option<String>,
-    /// The local socket `sensor tail` attaches to (root only).
-    #[arg(long, value_name = "PATH")]
-    pub tail_socket: Option<PathBuf>,
-    /// The kubelet's pod log directory, for pod names and namespaces.
-    #[arg(long, value_name = "DIR")]
-    pub pods_dir: Option<PathBuf>,
-    /// The kernel's BTF (for kernels that keep it elsewhere than
-    /// /sys/kernel/btf/vmlinux).
-    #[arg(long, value_name = "FILE")]
-    pub btf_path: Option<PathBuf>,
-    /// TLS and basic auth for /metrics (Prometheus exporter-toolkit format).
-    #[arg(long, value_name = "FILE")]
-    pub web_config_file: Option<PathBuf>,
-    /// Append an access audit record per (process, watched file) per
-    /// interval to this file (JSON lines, hash-chained). Off when unset.
-    #[arg(long, value_name = "PATH")]
-    pub audit_log: Option<PathBuf>,
-    /// Seconds each audit record spans.
-    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
-    pub audit_interval: Option<String>,
-    /// Rotate the audit log when it would grow past this size (e.g. 64MiB).
-    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
-    pub audit_max_bytes: Option<String>,
-    /// Rotated audit files kept (PATH.1 ... PATH.N).
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub audit_max_files: Option<String>,
-    /// At most this many seconds between fsyncs of the audit log (0: after
-    /// every write).
-    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
-    pub audit_fsync_secs: Option<String>,
-    /// A secret key: each audit record also carries an HMAC-SHA256 under it.
-    #[arg(long, value_name = "FILE")]
-    pub audit_key_file: Option<PathBuf>,
-    /// Access records one process gets per audit interval; the rest are
-    /// folded into one summary record.
-    #[arg(long, value_name = "N", allow_hyphen_values = true)]
-    pub audit_max_records_per_process: Option<String>,
-    /// Validate the configuration and the watch set, print them, exit.
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 /// `sensor tail`: attaches to the local agent, else loads its own programs.

@@ -101,11 +101,11 @@ pub fn main(args: TailArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
     // For standalone mode: validated up front like `sensor run`'s.
-    let run_args = RunArgs {
-        watch: args.watch.clone(),
-        trusted_cidr: args.trusted_cidr.clone(),
-        ..RunArgs::default()
-    };
+    let mut run_args = RunArgs::default();
+    run_args.flags.insert("watch", args.watch.clone());
+    run_args
+        .flags
+        .insert("trusted-cidr", args.trusted_cidr.clone());
     let cfg = Config::from_args(&run_args)?;
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal();

@@ -2,7 +2,21 @@
 //! one parser per key. Flags override the file. Every error names the key
 //! and the bad value in one line.
 
+pub mod args;
+pub mod keys;
 pub mod web;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+
+pub use self::args::RunArgs;
+use crate::util::size::parse_size;
 
 /// The local socket `sensor tail` attaches to (root only).
 pub const DEFAULT_SOCKET: &str = "/run/sensor/sensor.sock";
@@ -10,18 +24,6 @@ pub const DEFAULT_SOCKET: &str = "/run/sensor/sensor.sock";
 pub const DEFAULT_PODS_DIR: &str = "/var/log/pods";
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
-
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    time::Duration,
-};
-
-use ipnet::IpNet;
-use serde::Deserialize;
-
-use crate::{cli::RunArgs, util::size::parse_size};
-
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// A bad configuration value: exit code 2.
@@ -193,76 +195,28 @@ impl Default for Config {
     }
 }
 
-/// A YAML scalar, kept as text so flags and keys share their parsers.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Int(i64),
-    Float(f64),
-    Text(String),
-}
-
-impl Scalar {
-    fn text(&self) -> String {
-        match self {
-            Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Text(s) => s.clone(),
-        }
-    }
-}
-
-/// The YAML file: the flags' names are its keys.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    watch: Option<Vec<String>>,
-    metrics_addr: Option<String>,
-    trusted_cidr: Option<Vec<String>>,
-    alerts_file: Option<PathBuf>,
-    alertmanager_url: Option<String>,
-    alertmanager_ca_file: Option<PathBuf>,
-    alertmanager_bearer_token_file: Option<PathBuf>,
-    window: Option<Scalar>,
-    min_read_bytes: Option<Scalar>,
-    min_send_bytes: Option<Scalar>,
-    min_send_ratio: Option<Scalar>,
-    poll_interval_ms: Option<Scalar>,
-    max_comm_labels: Option<Scalar>,
-    max_processes: Option<Scalar>,
-    prune_idle_secs: Option<Scalar>,
-    tail_socket: Option<PathBuf>,
-    pods_dir: Option<PathBuf>,
-    btf_path: Option<PathBuf>,
-    web_config_file: Option<PathBuf>,
-    audit_log: Option<PathBuf>,
-    audit_interval: Option<Scalar>,
-    audit_max_bytes: Option<Scalar>,
-    audit_max_files: Option<Scalar>,
-    audit_fsync_secs: Option<Scalar>,
-    audit_key_file: Option<PathBuf>,
-    audit_max_records_per_process: Option<Scalar>,
-}
-
 impl Config {
     /// Reads `--config` (if any) and applies the flags over it.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => Self::read_file(path)?,
-            None => FileConfig::default(),
+            Some(path) => read_file(path)?,
+            None => BTreeMap::new(),
         };
-        let text = |flag: &Option<String>, key: &Option<Scalar>| {
-            flag.clone().or_else(|| key.as_ref().map(Scalar::text))
+        // A key's values: the flag's (a repeatable flag replaces the file's
+        // list), else the file's.
+        let all = |name: &'static str| -> Vec<String> {
+            debug_assert!(keys::find(name).is_some(), "{name} is not in keys::KEYS");
+            args.flags
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .or_else(|| file.get(name))
+                .cloned()
+                .unwrap_or_default()
         };
-        let list = |flag: &Vec<String>, key: &Option<Vec<String>>| {
-            if flag.is_empty() {
-                key.clone().unwrap_or_default()
-            } else {
-                flag.clone()
-            }
-        };
+        let one = |name: &'static str| all(name).pop();
+        let path = |name: &'static str| one(name).map(PathBuf::from);
         let mut cfg = Config {
-            watch: list(&args.watch, &file.watch),
+            watch: all("watch"),
             ..Config::default()
         };
         for w in &cfg.watch {
@@ -270,23 +224,17 @@ impl Config {
                 return Err(invalid("watch", w, "empty path"));
             }
         }
-        if let Some(addr) = args.metrics_addr.clone().or(file.metrics_addr) {
+        if let Some(addr) = one("metrics-addr") {
             cfg.metrics_addr = parse_addr(&addr)?;
         }
-        cfg.trusted_cidr = list(&args.trusted_cidr, &file.trusted_cidr)
+        cfg.trusted_cidr = all("trusted-cidr")
             .iter()
             .map(|c| parse_cidr(c))
             .collect::<Result<_, _>>()?;
-        cfg.alerts_file = args.alerts_file.clone().or(file.alerts_file);
-        let ca_file = args
-            .alertmanager_ca_file
-            .clone()
-            .or(file.alertmanager_ca_file);
-        let token_file = args
-            .alertmanager_bearer_token_file
-            .clone()
-            .or(file.alertmanager_bearer_token_file);
-        if let Some(url) = args.alertmanager_url.clone().or(file.alertmanager_url) {
+        cfg.alerts_file = path("alerts-file");
+        let ca_file = path("alertmanager-ca-file");
+        let token_file = path("alertmanager-bearer-token-file");
+        if let Some(url) = one("alertmanager-url") {
             let (url, userinfo) = parse_url(&url)?;
             cfg.alertmanager = Some(AlertmanagerConfig {
                 url,
@@ -301,36 +249,36 @@ impl Config {
                 format!("needed with {} (it is for Alertmanager)", p.display()),
             ));
         }
-        if let Some(v) = text(&args.window, &file.window) {
+        if let Some(v) = one("window") {
             let secs = parse_count("window", &v, 1, 30 * 24 * 3600)?;
             cfg.detect.window = Duration::from_secs(secs);
         }
-        if let Some(v) = text(&args.min_read_bytes, &file.min_read_bytes) {
+        if let Some(v) = one("min-read-bytes") {
             cfg.detect.min_read_bytes =
                 parse_size(&v).map_err(|e| invalid("min-read-bytes", &v, e))?;
         }
-        if let Some(v) = text(&args.min_send_bytes, &file.min_send_bytes) {
+        if let Some(v) = one("min-send-bytes") {
             cfg.detect.min_send_bytes =
                 parse_size(&v).map_err(|e| invalid("min-send-bytes", &v, e))?;
         }
-        if let Some(v) = text(&args.min_send_ratio, &file.min_send_ratio) {
+        if let Some(v) = one("min-send-ratio") {
             cfg.detect.min_send_ratio = parse_ratio(&v)?;
         }
-        if let Some(v) = text(&args.poll_interval_ms, &file.poll_interval_ms) {
+        if let Some(v) = one("poll-interval-ms") {
             let ms = parse_count("poll-interval-ms", &v, 10, 60_000)?;
             cfg.poll_interval = Duration::from_millis(ms);
         }
-        if let Some(v) = text(&args.prune_idle_secs, &file.prune_idle_secs) {
+        if let Some(v) = one("prune-idle-secs") {
             let secs = parse_count("prune-idle-secs", &v, 1, 7 * 86_400)?;
             cfg.prune_idle = Some(Duration::from_secs(secs));
         }
-        if let Some(v) = text(&args.max_comm_labels, &file.max_comm_labels) {
+        if let Some(v) = one("max-comm-labels") {
             cfg.max_comm_labels = parse_count("max-comm-labels", &v, 1, 100_000)? as usize;
         }
-        if let Some(v) = text(&args.max_processes, &file.max_processes) {
+        if let Some(v) = one("max-processes") {
             cfg.max_processes = parse_count("max-processes", &v, 64, 4_194_304)? as u32;
         }
-        if let Some(p) = args.tail_socket.clone().or(file.tail_socket) {
+        if let Some(p) = path("tail-socket") {
             if p.as_os_str().is_empty() || p.as_os_str().len() > 107 {
                 return Err(invalid(
                     "tail-socket",
@@ -340,20 +288,20 @@ impl Config {
             }
             cfg.tail_socket = p;
         }
-        if let Some(p) = args.pods_dir.clone().or(file.pods_dir) {
+        if let Some(p) = path("pods-dir") {
             cfg.pods_dir = p;
         }
-        if let Some(p) = args.btf_path.clone().or(file.btf_path) {
+        if let Some(p) = path("btf-path") {
             cfg.btf_path = p;
         }
-        if let Some(p) = args.web_config_file.clone().or(file.web_config_file) {
+        if let Some(p) = path("web-config-file") {
             cfg.web = crate::config::web::WebConfig::load(&p)?;
         }
-        let interval = text(&args.audit_interval, &file.audit_interval)
+        let interval = one("audit-interval")
             .map(|v| parse_count("audit-interval", &v, 1, 86_400))
             .transpose()?
             .unwrap_or(60);
-        let max_bytes = text(&args.audit_max_bytes, &file.audit_max_bytes)
+        let max_bytes = one("audit-max-bytes")
             .map(|v| match parse_size(&v) {
                 Ok(n) if n >= 4096 => Ok(n),
                 Ok(_) => Err(invalid("audit-max-bytes", &v, "at least 4KiB")),
@@ -361,28 +309,20 @@ impl Config {
             })
             .transpose()?
             .unwrap_or(64 << 20);
-        let max_files = text(&args.audit_max_files, &file.audit_max_files)
+        let max_files = one("audit-max-files")
             .map(|v| parse_count("audit-max-files", &v, 1, 10_000))
             .transpose()?
             .unwrap_or(8) as u32;
-        let fsync = text(&args.audit_fsync_secs, &file.audit_fsync_secs)
+        let fsync = one("audit-fsync-secs")
             .map(|v| parse_count("audit-fsync-secs", &v, 0, 3600))
             .transpose()?
             .unwrap_or(1);
-        let max_records_per_process = text(
-            &args.audit_max_records_per_process,
-            &file.audit_max_records_per_process,
-        )
-        .map(|v| parse_count("audit-max-records-per-process", &v, 1, 1_000_000))
-        .transpose()?
-        .unwrap_or(64) as usize;
-        let key = args
-            .audit_key_file
-            .clone()
-            .or(file.audit_key_file)
-            .map(|p| read_key(&p))
-            .transpose()?;
-        if let Some(path) = args.audit_log.clone().or(file.audit_log) {
+        let max_records_per_process = one("audit-max-records-per-process")
+            .map(|v| parse_count("audit-max-records-per-process", &v, 1, 1_000_000))
+            .transpose()?
+            .unwrap_or(64) as usize;
+        let key = path("audit-key-file").map(|p| read_key(&p)).transpose()?;
+        if let Some(path) = path("audit-log") {
             if path.as_os_str().is_empty() || path.is_dir() {
                 return Err(invalid(
                     "audit-log",
@@ -402,21 +342,65 @@ impl Config {
         }
         Ok(cfg)
     }
+}
 
-    fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-            path: shown.clone(),
-            reason: e.to_string(),
+/// The YAML file: a mapping of keys of [`keys::KEYS`] to a value, or a
+/// list of values for a repeatable key; each kept as text for the parser
+/// its flag goes through.
+fn read_file(path: &Path) -> Result<BTreeMap<&'static str, Vec<String>>, ConfigError> {
+    use serde_norway::Value;
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let syntax = |reason: String| ConfigError::Syntax {
+        path: shown.clone(),
+        reason: reason.replace('\n', " "),
+    };
+    let doc: Value = serde_norway::from_str(&text).map_err(|e| syntax(e.to_string()))?;
+    let map = match doc {
+        Value::Null => return Ok(BTreeMap::new()),
+        Value::Mapping(m) => m,
+        _ => return Err(syntax("expected a mapping of keys to values".into())),
+    };
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in &map {
+        let name = scalar(k).unwrap_or_default();
+        let key = keys::find(&name).ok_or_else(|| {
+            syntax(format!(
+                "unknown key `{name}`, expected one of {}",
+                keys::KEYS.map(|k| k.name).join(", ")
+            ))
         })?;
-        if text.trim().is_empty() {
-            return Ok(FileConfig::default());
-        }
-        serde_norway::from_str(&text).map_err(|e| ConfigError::Syntax {
-            path: shown,
-            reason: e.to_string().replace('\n', " "),
-        })
+        let values = match v {
+            Value::Null => continue,
+            Value::Sequence(items) if key.repeatable => items
+                .iter()
+                .map(|i| {
+                    scalar(i).ok_or_else(|| syntax(format!("{name}: expected a list of values")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            other => vec![scalar(other).ok_or_else(|| {
+                syntax(format!(
+                    "{name}: expected {}",
+                    if key.repeatable {
+                        "a value or a list of values"
+                    } else {
+                        "one value"
+                    }
+                ))
+            })?],
+        };
+        out.insert(key.name, values);
     }
+    Ok(out)
 }
 
 /// An audit key file: its bytes, at least 16 of them, in a file that group
@@ -636,9 +620,9 @@ mod tests {
         let f = yaml("metrics-addr: 0.0.0.0:9000\nwatch: [/a]\nmin-read-bytes: 1GiB\n");
         let a = RunArgs {
             config: Some(f.path().into()),
-            metrics_addr: Some("127.0.0.1:1234".into()),
-            watch: vec!["/b".into()],
             ..args()
+                .with("metrics-addr", "127.0.0.1:1234")
+                .with("watch", "/b")
         };
         let cfg = Config::from_args(&a).unwrap();
         assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.1:1234");
@@ -650,50 +634,24 @@ mod tests {
     fn bad_values_name_key_and_value() {
         let cases: Vec<(RunArgs, &str, &str)> = vec![
             (
-                RunArgs {
-                    trusted_cidr: vec!["10.0.0.0/33".into()],
-                    ..args()
-                },
+                args().with("trusted-cidr", "10.0.0.0/33"),
                 "trusted-cidr",
                 "10.0.0.0/33",
             ),
             (
-                RunArgs {
-                    metrics_addr: Some("nowhere".into()),
-                    ..args()
-                },
+                args().with("metrics-addr", "nowhere"),
                 "metrics-addr",
                 "nowhere",
             ),
             (
-                RunArgs {
-                    min_read_bytes: Some("12XB".into()),
-                    ..args()
-                },
+                args().with("min-read-bytes", "12XB"),
                 "min-read-bytes",
                 "12XB",
             ),
+            (args().with("min-send-ratio", "-1"), "min-send-ratio", "-1"),
+            (args().with("window", "0"), "window", "0"),
             (
-                RunArgs {
-                    min_send_ratio: Some("-1".into()),
-                    ..args()
-                },
-                "min-send-ratio",
-                "-1",
-            ),
-            (
-                RunArgs {
-                    window: Some("0".into()),
-                    ..args()
-                },
-                "window",
-                "0",
-            ),
-            (
-                RunArgs {
-                    alertmanager_url: Some("ftp://x".into()),
-                    ..args()
-                },
+                args().with("alertmanager-url", "ftp://x"),
                 "alertmanager-url",
                 "ftp://x",
             ),
@@ -746,11 +704,9 @@ mod tests {
         let key = dir.path().join("key");
         std::fs::write(&key, b"0123456789abcdef-secret").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let a = RunArgs {
-            audit_log: Some(dir.path().join("audit.log")),
-            audit_key_file: Some(key.clone()),
-            ..args()
-        };
+        let a = args()
+            .with("audit-log", dir.path().join("audit.log").to_str().unwrap())
+            .with("audit-key-file", key.to_str().unwrap());
         let msg = Config::from_args(&a).unwrap_err().to_string();
         assert!(
             msg.contains("audit-key-file") && msg.contains(key.to_str().unwrap()),
@@ -775,11 +731,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "tok-s3cret\n").unwrap();
-        let cfg = Config::from_args(&RunArgs {
-            alertmanager_url: Some("https://am:pa55@alerts.example:9093/".into()),
-            alertmanager_bearer_token_file: Some(token.clone()),
-            ..args()
-        })
+        let cfg = Config::from_args(
+            &args()
+                .with("alertmanager-url", "https://am:pa55@alerts.example:9093/")
+                .with("alertmanager-bearer-token-file", &token),
+        )
         .unwrap();
         let am = cfg.alertmanager.as_ref().unwrap();
         assert_eq!(am.url, "https://alerts.example:9093");
@@ -790,29 +746,23 @@ mod tests {
             !shown.contains("pa55") && !shown.contains("tok-s3cret"),
             "{shown}"
         );
-        let bad = Config::from_args(&RunArgs {
-            alertmanager_url: Some("ftp://am:pa55@x".into()),
-            ..args()
-        })
-        .unwrap_err()
-        .to_string();
+        let bad = Config::from_args(&args().with("alertmanager-url", "ftp://am:pa55@x"))
+            .unwrap_err()
+            .to_string();
         assert!(!bad.contains("pa55"), "{bad}");
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "not a certificate").unwrap();
-        let bad = Config::from_args(&RunArgs {
-            alertmanager_url: Some("https://x:1".into()),
-            alertmanager_ca_file: Some(ca.clone()),
-            ..args()
-        })
+        let bad = Config::from_args(
+            &args()
+                .with("alertmanager-url", "https://x:1")
+                .with("alertmanager-ca-file", ca),
+        )
         .unwrap_err()
         .to_string();
         assert!(bad.contains("alertmanager-ca-file"), "{bad}");
-        let lonely = Config::from_args(&RunArgs {
-            alertmanager_bearer_token_file: Some(token),
-            ..args()
-        })
-        .unwrap_err()
-        .to_string();
+        let lonely = Config::from_args(&args().with("alertmanager-bearer-token-file", token))
+            .unwrap_err()
+            .to_string();
         assert!(lonely.contains("alertmanager-url"), "{lonely}");
     }
 
@@ -874,12 +824,12 @@ mod tests {
             #[test]
             fn arbitrary_flags_never_panic(value in ".{0,40}") {
                 for a in [
-                    RunArgs { trusted_cidr: vec![value.clone()], ..args() },
-                    RunArgs { metrics_addr: Some(value.clone()), ..args() },
-                    RunArgs { min_read_bytes: Some(value.clone()), ..args() },
-                    RunArgs { min_send_ratio: Some(value.clone()), ..args() },
-                    RunArgs { window: Some(value.clone()), ..args() },
-                    RunArgs { alertmanager_url: Some(value.clone()), ..args() },
+                    args().with("trusted-cidr", &value),
+                    args().with("metrics-addr", &value),
+                    args().with("min-read-bytes", &value),
+                    args().with("min-send-ratio", &value),
+                    args().with("window", &value),
+                    args().with("alertmanager-url", &value),
                 ] {
                     check(Config::from_args(&a));
                 }
