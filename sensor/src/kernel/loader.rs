@@ -268,26 +268,19 @@ impl Sensor {
     /// Per-process counters, from `PROC_STATS` and its spill (a tgid is in
     /// one of them; summed if a race put it in both).
     pub fn read_counters(&self) -> anyhow::Result<Vec<(u32, ProcCounters)>> {
-        let mut out: std::collections::HashMap<u32, ProcCounters> =
-            std::collections::HashMap::new();
-        for name in [names::PROC_STATS, names::PROC_SPILL] {
-            let map: PerCpuHashMap<&MapData, u32, ProcCounters> =
-                PerCpuHashMap::try_from(map(&self.ebpf, name)?)?;
-            for entry in map.iter() {
-                let Ok((tgid, per_cpu)) = entry else { continue };
-                let sum = out.entry(tgid).or_default();
-                for c in per_cpu.iter() {
-                    sum.read_bytes += c.read_bytes;
-                    sum.read_ops += c.read_ops;
-                    sum.watched_read_bytes += c.watched_read_bytes;
-                    sum.watched_read_ops += c.watched_read_ops;
-                    sum.sent_bytes += c.sent_bytes;
-                    sum.send_ops += c.send_ops;
-                    sum.born_ns = sum.born_ns.max(c.born_ns);
-                }
-            }
-        }
-        Ok(out.into_iter().collect())
+        read_merged(
+            &self.ebpf,
+            [names::PROC_STATS, names::PROC_SPILL],
+            |sum: &mut ProcCounters, c| {
+                sum.read_bytes += c.read_bytes;
+                sum.read_ops += c.read_ops;
+                sum.watched_read_bytes += c.watched_read_bytes;
+                sum.watched_read_ops += c.watched_read_ops;
+                sum.sent_bytes += c.sent_bytes;
+                sum.send_ops += c.send_ops;
+                sum.born_ns = sum.born_ns.max(c.born_ns);
+            },
+        )
     }
 
     pub fn read_infos(&self) -> anyhow::Result<Vec<(u32, ProcInfo)>> {
@@ -298,21 +291,14 @@ impl Sensor {
 
     /// Bytes per (process, destination), from `SEND_STATS` and its spill.
     pub fn read_sends(&self) -> anyhow::Result<Vec<(SendKey, SendCounters)>> {
-        let mut out: std::collections::HashMap<SendKey, SendCounters> =
-            std::collections::HashMap::new();
-        for name in [names::SEND_STATS, names::SEND_SPILL] {
-            let map: PerCpuHashMap<&MapData, SendKey, SendCounters> =
-                PerCpuHashMap::try_from(map(&self.ebpf, name)?)?;
-            for entry in map.iter() {
-                let Ok((key, per_cpu)) = entry else { continue };
-                let sum = out.entry(key).or_default();
-                for c in per_cpu.iter() {
-                    sum.bytes += c.bytes;
-                    sum.ops += c.ops;
-                }
-            }
-        }
-        Ok(out.into_iter().collect())
+        read_merged(
+            &self.ebpf,
+            [names::SEND_STATS, names::SEND_SPILL],
+            |sum: &mut SendCounters, c| {
+                sum.bytes += c.bytes;
+                sum.ops += c.ops;
+            },
+        )
     }
 
     pub fn read_files(&self) -> anyhow::Result<Vec<(FileKey, u64)>> {
@@ -389,6 +375,30 @@ impl Sensor {
         remove::<u32, ExecInfo>(ebpf, names::EXEC_INFO, tgids)?;
         remove::<MmapKey, MmapInfo>(ebpf, names::WATCHED_MMAPS, mmaps)
     }
+}
+
+/// The entries of per-CPU maps `names` (a main map and its spill), each
+/// key's per-CPU values (and its values in both maps) folded by `add`.
+fn read_merged<K, V>(
+    ebpf: &Ebpf,
+    names: [&str; 2],
+    add: impl Fn(&mut V, &V),
+) -> anyhow::Result<Vec<(K, V)>>
+where
+    K: aya::Pod + std::hash::Hash + Eq,
+    V: aya::Pod + Default,
+{
+    let mut out: std::collections::HashMap<K, V> = std::collections::HashMap::new();
+    for name in names {
+        let m: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(map(ebpf, name)?)?;
+        for (key, per_cpu) in m.iter().filter_map(Result::ok) {
+            let sum = out.entry(key).or_default();
+            for c in per_cpu.iter() {
+                add(sum, c);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 fn remove<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str, keys: &[K]) -> anyhow::Result<()> {
