@@ -319,7 +319,41 @@ fn tls_config(
     dir: &Path,
     http2: bool,
 ) -> Result<(Option<Arc<rustls::ServerConfig>>, ClientCert), String> {
-    let join = |p: &PathBuf| dir.join(p);
+    if !tls_enabled(&t)? {
+        return Ok((None, ClientCert::NotAsked));
+    }
+    let (cert, key) = cert_and_key(&t, dir)?;
+    if t.client_allowed_sans
+        .as_ref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(
+            "tls_server_config.client_allowed_sans is not supported by this agent (use client_ca_file and RequireAndVerifyClientCert)"
+                .into(),
+        );
+    }
+    let versions = protocol_versions(&t)?;
+    let provider = Arc::new(crypto_provider(&t)?);
+    let (verifier, client_cert) = client_cert_verifier(&t, dir, &provider)?;
+
+    let resolver = Arc::new(CertReloader::new(cert, key, provider.clone())?);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok((Some(Arc::new(config)), client_cert))
+}
+
+/// Whether `tls_server_config` asks for TLS at all: a certificate, key,
+/// client CA or client_auth_type. Other TLS settings alone are an error.
+fn tls_enabled(t: &Tls) -> Result<bool, String> {
     let enabled = set(&t.cert_file).is_some()
         || set(&t.cert).is_some()
         || set(&t.key_file).is_some()
@@ -339,45 +373,31 @@ fn tls_config(
             // without a certificate is more likely a mistake.
             return Err("tls_server_config has TLS settings but no cert_file/key_file".into());
         }
-        return Ok((None, ClientCert::NotAsked));
     }
+    Ok(enabled)
+}
+
+/// Where the server certificate and key come from: `*_file` (relative to
+/// `dir`) before the inline text.
+fn cert_and_key(t: &Tls, dir: &Path) -> Result<(Source, Source), String> {
     let cert = match (set(&t.cert_file), set(&t.cert)) {
-        (Some(f), _) => Source::File(join(f)),
+        (Some(f), _) => Source::File(dir.join(f)),
         (None, Some(text)) => Source::Inline(text.clone()),
         (None, None) => return Err("tls_server_config: missing one of cert or cert_file".into()),
     };
     let key = match (set(&t.key_file), set(&t.key)) {
-        (Some(f), _) => Source::File(join(f)),
+        (Some(f), _) => Source::File(dir.join(f)),
         (None, Some(text)) => Source::Inline(text.clone()),
         (None, None) => return Err("tls_server_config: missing one of key or key_file".into()),
     };
-    if t.client_allowed_sans
-        .as_ref()
-        .is_some_and(|s| !s.is_empty())
-    {
-        return Err(
-            "tls_server_config.client_allowed_sans is not supported by this agent (use client_ca_file and RequireAndVerifyClientCert)"
-                .into(),
-        );
-    }
+    Ok((cert, key))
+}
 
-    // Versions.
-    let version = |v: &Option<String>, default: u8, key: &str| -> Result<u8, String> {
-        match v.as_deref().filter(|s| !s.is_empty()) {
-            None => Ok(default),
-            Some("TLS13") => Ok(13),
-            Some("TLS12") => Ok(12),
-            Some(old @ ("TLS11" | "TLS10")) => Err(format!(
-                "tls_server_config.{key} {old}: this agent speaks TLS12 and TLS13 only"
-            )),
-            Some(other) => Err(format!(
-                "tls_server_config.{key}: unknown TLS version: {other}"
-            )),
-        }
-    };
+/// `min_version`..=`max_version` (default TLS12..=TLS13).
+fn protocol_versions(t: &Tls) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
     let (min, max) = (
-        version(&t.min_version, 12, "min_version")?,
-        version(&t.max_version, 13, "max_version")?,
+        tls_version(&t.min_version, 12, "min_version")?,
+        tls_version(&t.max_version, 13, "max_version")?,
     );
     let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
     if min <= 12 && 12 <= max {
@@ -391,69 +411,104 @@ fn tls_config(
             "tls_server_config: min_version TLS{min} is above max_version TLS{max}"
         ));
     }
+    Ok(versions)
+}
 
-    // Cipher suites and curves, in the given order.
+/// One of `min_version`/`max_version` (named by `key`) as 12 or 13.
+fn tls_version(v: &Option<String>, default: u8, key: &str) -> Result<u8, String> {
+    match v.as_deref().filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some("TLS13") => Ok(13),
+        Some("TLS12") => Ok(12),
+        Some(old @ ("TLS11" | "TLS10")) => Err(format!(
+            "tls_server_config.{key} {old}: this agent speaks TLS12 and TLS13 only"
+        )),
+        Some(other) => Err(format!(
+            "tls_server_config.{key}: unknown TLS version: {other}"
+        )),
+    }
+}
+
+/// ring's provider with `cipher_suites` and `curve_preferences` applied, in
+/// the given order.
+fn crypto_provider(t: &Tls) -> Result<CryptoProvider, String> {
     let mut provider = rustls::crypto::ring::default_provider();
     if let Some(names) = t.cipher_suites.as_ref().filter(|n| !n.is_empty()) {
-        use rustls::crypto::ring::cipher_suite as cs;
-        let mut tls12 = Vec::new();
-        for name in names {
-            let suite = match name.as_str() {
-                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => {
-                    cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-                }
-                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => {
-                    cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-                }
-                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
-                | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => {
-                    cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-                }
-                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => {
-                    cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-                }
-                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => {
-                    cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-                }
-                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"
-                | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => {
-                    cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-                }
-                // Go never applies cipher_suites to TLS 1.3; neither do we.
-                "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384"
-                | "TLS_CHACHA20_POLY1305_SHA256" => continue,
-                "TLS_RSA_WITH_AES_128_CBC_SHA"
-                | "TLS_RSA_WITH_AES_256_CBC_SHA"
-                | "TLS_RSA_WITH_AES_128_GCM_SHA256"
-                | "TLS_RSA_WITH_AES_256_GCM_SHA384"
-                | "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"
-                | "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"
-                | "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"
-                | "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA" => {
-                    return Err(format!(
-                        "tls_server_config.cipher_suites: {name} is not supported by this agent (ECDHE with AES-GCM or ChaCha20-Poly1305 only)"
-                    ))
-                }
-                other => {
-                    return Err(format!(
-                        "tls_server_config.cipher_suites: unknown cipher: {other}"
-                    ))
-                }
-            };
-            if !tls12.contains(&suite) {
-                tls12.push(suite);
-            }
-        }
+        let tls12 = tls12_cipher_suites(names)?;
         provider
             .cipher_suites
             .retain(|s| s.version() == &rustls::version::TLS13);
         provider.cipher_suites.extend(tls12);
     }
     if let Some(names) = t.curve_preferences.as_ref().filter(|n| !n.is_empty()) {
-        use rustls::crypto::ring::kx_group;
-        let mut groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup> = Vec::new();
-        for name in names {
-            let group = match name.as_str() {
+        provider.kx_groups = kx_groups(names)?;
+    }
+    Ok(provider)
+}
+
+/// `cipher_suites` as TLS 1.2 suites, in order, without repeats.
+fn tls12_cipher_suites(names: &[String]) -> Result<Vec<rustls::SupportedCipherSuite>, String> {
+    let mut tls12 = Vec::new();
+    for name in names {
+        let Some(suite) = tls12_cipher_suite(name)? else {
+            continue;
+        };
+        if !tls12.contains(&suite) {
+            tls12.push(suite);
+        }
+    }
+    Ok(tls12)
+}
+
+/// One Go cipher suite name; `None` for TLS 1.3 suites, which Go never
+/// applies `cipher_suites` to (neither do we).
+fn tls12_cipher_suite(name: &str) -> Result<Option<rustls::SupportedCipherSuite>, String> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let suite = match name {
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"
+        | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => {
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => {
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384" | "TLS_CHACHA20_POLY1305_SHA256" => {
+            return Ok(None)
+        }
+        "TLS_RSA_WITH_AES_128_CBC_SHA"
+        | "TLS_RSA_WITH_AES_256_CBC_SHA"
+        | "TLS_RSA_WITH_AES_128_GCM_SHA256"
+        | "TLS_RSA_WITH_AES_256_GCM_SHA384"
+        | "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"
+        | "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"
+        | "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"
+        | "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA" => {
+            return Err(format!(
+                "tls_server_config.cipher_suites: {name} is not supported by this agent (ECDHE with AES-GCM or ChaCha20-Poly1305 only)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "tls_server_config.cipher_suites: unknown cipher: {other}"
+            ))
+        }
+    };
+    Ok(Some(suite))
+}
+
+/// `curve_preferences` as key exchange groups, in order, without repeats.
+fn kx_groups(
+    names: &[String],
+) -> Result<Vec<&'static dyn rustls::crypto::SupportedKxGroup>, String> {
+    use rustls::crypto::ring::kx_group;
+    let mut groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup> = Vec::new();
+    for name in names {
+        let group =
+            match name.as_str() {
                 "X25519" => kx_group::X25519,
                 "CurveP256" => kx_group::SECP256R1,
                 "CurveP384" => kx_group::SECP384R1,
@@ -467,18 +522,19 @@ fn tls_config(
                     ))
                 }
             };
-            if !groups.iter().any(|g| g.name() == group.name()) {
-                groups.push(group);
-            }
+        if !groups.iter().any(|g| g.name() == group.name()) {
+            groups.push(group);
         }
-        provider.kx_groups = groups;
     }
-    let provider = Arc::new(provider);
+    Ok(groups)
+}
 
-    // Client certificates.
-    let roots = match (set(&t.client_ca_file), set(&t.client_ca)) {
+/// The CAs client certificates are verified against: `client_ca_file`
+/// (relative to `dir`) before the inline `client_ca`.
+fn client_roots(t: &Tls, dir: &Path) -> Result<Option<RootCertStore>, String> {
+    Ok(match (set(&t.client_ca_file), set(&t.client_ca)) {
         (Some(f), _) => {
-            let f = join(f);
+            let f = dir.join(f);
             let pem =
                 std::fs::read(&f).map_err(|e| format!("client_ca_file {}: {e}", f.display()))?;
             Some(root_store(&pem).map_err(|e| format!("client_ca_file {}: {e}", f.display()))?)
@@ -487,7 +543,17 @@ fn tls_config(
             Some(root_store(text.as_bytes()).map_err(|e| format!("client_ca: {e}"))?)
         }
         (None, None) => None,
-    };
+    })
+}
+
+/// `client_auth_type` (with the client CAs) as a rustls verifier, and what
+/// it enforces.
+fn client_cert_verifier(
+    t: &Tls,
+    dir: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Arc<dyn ClientCertVerifier>, ClientCert), String> {
+    let roots = client_roots(t, dir)?;
     let auth_type = t.client_auth_type.as_deref().unwrap_or("");
     let needs_roots = |roots: Option<RootCertStore>| {
         roots.map(Arc::new).ok_or_else(|| {
@@ -497,7 +563,7 @@ fn tls_config(
         })
     };
     let algorithms = provider.signature_verification_algorithms;
-    let (verifier, client_cert): (Arc<dyn ClientCertVerifier>, _) = match auth_type {
+    Ok(match auth_type {
         "" | "NoClientCert" => {
             if roots.is_some() {
                 return Err(
@@ -539,21 +605,7 @@ fn tls_config(
                 "tls_server_config.client_auth_type: invalid ClientAuth: {other}"
             ))
         }
-    };
-
-    let resolver = Arc::new(CertReloader::new(cert, key, provider.clone())?);
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&versions)
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(resolver);
-    config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    Ok((Some(Arc::new(config)), client_cert))
+    })
 }
 
 fn root_store(pem: &[u8]) -> Result<RootCertStore, String> {

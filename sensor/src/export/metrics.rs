@@ -11,7 +11,8 @@ use std::{
 };
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 use sensor_common::Loss;
 
@@ -50,13 +51,25 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(max_comm_labels: usize, kernel: &str) -> Result<Self, prometheus::Error> {
+        fn register<M: Collector + Clone + 'static>(
+            registry: &Registry,
+            metric: M,
+        ) -> Result<M, prometheus::Error> {
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        }
         let registry = Registry::new();
-        let counter_vec =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
+        let counter = |name: &str, help: &str| register(&registry, IntCounter::new(name, help)?);
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help)?);
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
         let file_read = counter_vec(
             "sensor_file_read_bytes_total",
             "Bytes read from regular files, by watched (weights) or not.",
@@ -94,104 +107,86 @@ impl Metrics {
         for reason in Loss::ALL {
             lost.with_label_values(&[reason.label()]).inc_by(0);
         }
-        let tracked = IntGauge::new(
+        let tracked = gauge(
             "sensor_tracked_processes",
             "Processes the kernel maps hold counts for.",
         )?;
-        registry.register(Box::new(tracked.clone()))?;
-        let detector_actors = IntGauge::new(
+        let detector_actors = gauge(
             "sensor_detector_actors",
             "Actors (processes, sessions, containers) with activity in the detection window.",
         )?;
-        registry.register(Box::new(detector_actors.clone()))?;
-        let detector_evicted = prometheus::IntCounter::new(
+        let detector_evicted = counter(
             "sensor_detector_actors_evicted_total",
             "Actors forgotten before their window ended because the detector held its maximum.",
         )?;
-        registry.register(Box::new(detector_evicted.clone()))?;
-        let tail_clients =
-            IntGauge::new("sensor_tail_clients", "`sensor tail` clients connected.")?;
-        registry.register(Box::new(tail_clients.clone()))?;
-        let tail_dropped = prometheus::IntCounter::new(
+        let tail_clients = gauge("sensor_tail_clients", "`sensor tail` clients connected.")?;
+        let tail_dropped = counter(
             "sensor_tail_clients_dropped_total",
             "`sensor tail` clients disconnected for not keeping up.",
         )?;
-        registry.register(Box::new(tail_dropped.clone()))?;
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "sensor_build_info",
-                "Build and kernel of the running agent (always 1).",
-            ),
+        let build = gauge_vec(
+            "sensor_build_info",
+            "Build and kernel of the running agent (always 1).",
             &["version", "kernel"],
         )?;
-        registry.register(Box::new(build.clone()))?;
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel])
             .set(1);
-        let probe_info = IntGaugeVec::new(
-            Opts::new(
-                "sensor_probe_info",
-                "1 for each capability's attached hook, 0 when it has none.",
-            ),
+        let probe_info = gauge_vec(
+            "sensor_probe_info",
+            "1 for each capability's attached hook, 0 when it has none.",
             &["capability", "hook"],
         )?;
-        registry.register(Box::new(probe_info.clone()))?;
         let tamper = counter_vec(
             "sensor_tamper_events_total",
             "Tamper findings (rule sensor_tamper), by what was found.",
             &["what"],
         )?;
-        let heartbeat = IntGauge::new(
+        let heartbeat = gauge(
             "sensor_heartbeat_timestamp_seconds",
             "Unix time of the agent's last completed poll: stale or absent means the agent is not watching.",
         )?;
-        registry.register(Box::new(heartbeat.clone()))?;
-        let poll_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "sensor_poll_duration_seconds",
-                "Time one poll took (maps read, deltas, labels, detection, alerts); _count is the polls completed.",
-            )
-            .buckets(vec![
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+        let poll_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "sensor_poll_duration_seconds",
+                    "Time one poll took (maps read, deltas, labels, detection, alerts); _count is the polls completed.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
         )?;
-        registry.register(Box::new(poll_duration.clone()))?;
-        let poll_duration_max = Gauge::new(
-            "sensor_poll_duration_max_seconds",
-            "The longest poll since the agent started.",
+        let poll_duration_max = register(
+            &registry,
+            Gauge::new(
+                "sensor_poll_duration_max_seconds",
+                "The longest poll since the agent started.",
+            )?,
         )?;
-        registry.register(Box::new(poll_duration_max.clone()))?;
-        let audit_records = prometheus::IntCounter::new(
+        let audit_records = counter(
             "sensor_audit_records_total",
             "Records appended to the audit log.",
         )?;
-        registry.register(Box::new(audit_records.clone()))?;
-        let audit_errors = prometheus::IntCounter::new(
+        let audit_errors = counter(
             "sensor_audit_errors_total",
             "Failed writes or fsyncs of the audit log.",
         )?;
-        registry.register(Box::new(audit_errors.clone()))?;
-        let audit_chain_head = IntGaugeVec::new(
-            Opts::new(
-                "sensor_audit_chain_head",
-                "Sequence number of the last audit record written; hash_prefix is the first 16 hex digits of its hash (one series).",
-            ),
+        let audit_chain_head = gauge_vec(
+            "sensor_audit_chain_head",
+            "Sequence number of the last audit record written; hash_prefix is the first 16 hex digits of its hash (one series).",
             &["hash_prefix"],
         )?;
-        registry.register(Box::new(audit_chain_head.clone()))?;
-        let audit_folded = prometheus::IntCounter::new(
+        let audit_folded = counter(
             "sensor_audit_records_folded_total",
             "Files folded into one summary audit record because a process passed audit-max-records-per-process in an interval.",
         )?;
-        registry.register(Box::new(audit_folded.clone()))?;
-        let map_entries = IntGaugeVec::new(
-            Opts::new(
-                "sensor_map_entries",
-                "Entries in the kernel's counting maps after the last poll (spill maps included).",
-            ),
+        let map_entries = gauge_vec(
+            "sensor_map_entries",
+            "Entries in the kernel's counting maps after the last poll (spill maps included).",
             &["map"],
         )?;
-        registry.register(Box::new(map_entries.clone()))?;
         Ok(Self {
             registry,
             file_read,
