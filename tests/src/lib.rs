@@ -24,6 +24,20 @@ pub fn target_dir() -> PathBuf {
         .expect("target dir")
 }
 
+/// The workspace root (manifests, README, Dockerfile).
+pub fn repo() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
+}
+
+/// A YAML file of the repository, as JSON values (panics naming the file).
+pub fn yaml(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// The `sensor` binary under test (`SENSOR_BIN`, else next to the tests).
 pub fn sensor_bin() -> PathBuf {
     let path = std::env::var_os("SENSOR_BIN")

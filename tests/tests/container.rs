@@ -24,17 +24,7 @@ use tests::{bpf, netns::Peer, scrape, workload};
 
 const MIB: u64 = 1 << 20;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+use tests::{repo, yaml};
 
 fn image() -> String {
     std::env::var("SENSOR_IMAGE").unwrap_or_else(|_| {

@@ -6,7 +6,7 @@
 
 use std::{
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -16,17 +16,7 @@ use tests::{agent::Agent, netns::Peer, scrape, workload};
 
 const MIB: u64 = 1 << 20;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+use tests::{repo, yaml};
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd

@@ -207,13 +207,13 @@ fn mapping_map_flood_then_mmap_exfiltration_alerts() {
     let (_maps, r) = Background::start(
         "pr-maps",
         &[
-            "mmap-hold",
+            "mmap-many",
             "--file",
             junk.to_str().unwrap(),
             "--count",
             "2000",
-            "--hold-ms",
-            "120000",
+            "--for-secs",
+            "120",
         ],
     );
     assert_eq!(r["mappings"], 2000);

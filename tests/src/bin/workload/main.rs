@@ -110,8 +110,7 @@ fn main() {
         "fds" => abuse::fds(&args),
         "udp-spray" => pressure::udp_spray(&args),
         "idle-readers" => pressure::idle_readers(&args),
-        "mmap-hold" => pressure::mmap_hold(&args),
-        _ => die("usage: read|mmap|mmap-churn|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay|loopback-chatter|spray|mmap-many|fds|udp-spray|idle-readers|mmap-hold --key value ..."),
+        _ => die("usage: read|mmap|mmap-churn|copy-file-range|sendfile-file|splice-pipe|uring-read|tcp-send|udp-send|unix-send|tcp-sink|udp-sink|unix-sink|read-send|mmap-send|stdin-send|relay|loopback-chatter|spray|mmap-many|fds|udp-spray|idle-readers --key value ..."),
     };
     if let Err(e) = result {
         die(&format!("{cmd}: {e}"));

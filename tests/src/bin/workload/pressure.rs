@@ -6,7 +6,6 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     net::UdpSocket,
-    os::fd::AsRawFd as _,
     time::Duration,
 };
 
@@ -76,39 +75,6 @@ pub fn idle_readers(a: &Args) -> Result<()> {
     for pid in children {
         // SAFETY: waiting for our own children.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    }
-    Ok(())
-}
-
-/// `mmap-hold --file F --count N [--hold-ms M]`: N separate read-only
-/// mappings of F's first page, kept M ms. Prints `{"mappings": N}`.
-pub fn mmap_hold(a: &Args) -> Result<()> {
-    let f = File::open(a.str("file"))?;
-    let count = a.num("count");
-    let mut maps = Vec::new();
-    for _ in 0..count {
-        // SAFETY: a fresh read-only shared mapping of an open file.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        maps.push(p);
-    }
-    report(&[("mappings", count)]);
-    std::io::stdout().flush()?;
-    std::thread::sleep(Duration::from_millis(a.num_or("hold-ms", 0)));
-    for p in maps {
-        // SAFETY: the mappings made above.
-        unsafe { libc::munmap(p, 4096) };
     }
     Ok(())
 }
