@@ -27,6 +27,13 @@ pub const EXEC_INFO: &str = "EXEC_INFO";
 pub const WATCH_INODES: &str = "WATCH_INODES";
 /// Watched file-name extensions (`HashMap<ExtKey, u64 bit>`).
 pub const WATCH_EXTS: &str = "WATCH_EXTS";
+/// Inodes that hold weights, whatever their name or path now
+/// (`LruHashMap<InodeKey, u32>`): a file once decided watched stays watched
+/// through hard links, renames and moves out of the watched directories;
+/// user space seeds it with the files under the watched directories.
+pub const WATCHED_FILES: &str = "WATCHED_FILES";
+/// Capacity of [`WATCHED_FILES`].
+pub const WATCHED_FILES_SIZE: u32 = 65_536;
 /// Cache of the watched decision per inode (`LruHashMap<InodeKey, WatchCacheEntry>`).
 pub const WATCH_CACHE: &str = "WATCH_CACHE";
 /// Runtime knobs user space can change while running (`Array<RuntimeConfig>`, one slot).
@@ -40,7 +47,7 @@ pub const LAST_FILE: &str = "LAST_FILE";
 pub const EXEC_SCRATCH: &str = "EXEC_SCRATCH";
 
 /// Every map of the eBPF object.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     PROC_STATS,
     PROC_SPILL,
     PROC_INFO,
@@ -54,6 +61,7 @@ pub const ALL: [&str; 16] = [
     WATCH_INODES,
     WATCH_EXTS,
     WATCH_CACHE,
+    WATCHED_FILES,
     RUNTIME,
     COUNTERS,
     LAST_FILE,

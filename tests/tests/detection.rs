@@ -601,3 +601,33 @@ fn benign_small_fraction_of_what_was_read() {
     );
     expect_silence(&s, "ratio 0.19", "dt-b-ratio", &[r.pid()]);
 }
+
+/// A hard link to the weights made outside the watched directory, then
+/// read and sent from there: the inode is the weights, whatever the name.
+#[test]
+fn attack_hard_link_outside_the_watched_directory() {
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let outside = tempfile::Builder::new()
+        .prefix("sensor-dt-out")
+        .tempdir()
+        .unwrap();
+    let link = outside.path().join("dataset.tar");
+    std::fs::hard_link(w.path(), &link).unwrap();
+    let r = s.run(
+        Workload::read_send(&link)
+            .arg("--mark-sent", &MARK.to_string())
+            .as_comm("dt-hardlink")
+            .to(To::untrusted()),
+    );
+    assert_eq!(r.received(), FILE_BYTES);
+    let a = exfil_alert(
+        &s,
+        "hard link outside the watched directory",
+        "process",
+        r.pid(),
+        r.u("crossed_ms"),
+        s.untrusted().ip.into(),
+    );
+    assert_eq!(u(&a, "watched_read_bytes"), FILE_BYTES, "{a}");
+}

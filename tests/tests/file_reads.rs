@@ -132,3 +132,64 @@ fn extension_glob_watches_files_anywhere_and_only_those() {
     );
     assert_eq!(watched(&m, b), 0, "a .txt file matched *.gguf");
 }
+
+/// Watched by inode as well as by path: a hard link made outside the
+/// watched directory, a file moved out of it (both before any read), and a
+/// file read once in place then moved out and read under another name: all
+/// their bytes count as watched (`WATCHED_FILES`), not as plain reads.
+#[test]
+fn hard_links_and_moves_out_keep_a_file_watched() {
+    // One file system for the directory and the places outside it.
+    let base = tempfile::Builder::new()
+        .prefix("sensor-inode")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let dir = base.path().join("models");
+    let outside = base.path().join("scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let linked = dir.join("a.pt");
+    let moved = dir.join("b.pt");
+    make_file(&linked, 8 * MIB);
+    make_file(&moved, 8 * MIB);
+    let agent = Agent::start(&["--watch", dir.to_str().unwrap()]);
+    // Made after the agent started, before any read.
+    let link = outside.join("innocent.dat");
+    std::fs::hard_link(&linked, &link).unwrap();
+    let renamed = outside.join("notes.txt");
+    std::fs::rename(&moved, &renamed).unwrap();
+    // A file created after start, read once in place, then moved out.
+    let late = dir.join("c.pt");
+    make_file(&late, 8 * MIB);
+    let first = workload::run(
+        "fr-ino-first",
+        &["read", "--file", late.to_str().unwrap(), "--bs", "1048576"],
+        "read_bytes",
+    );
+    agent.wait_for(Duration::from_secs(10), "the first read", |m| {
+        watched(m, "fr-ino-first") >= first
+    });
+    let late_moved = outside.join("c.bak");
+    std::fs::rename(&late, &late_moved).unwrap();
+    for (comm, path) in [
+        ("fr-ino-link", &link),
+        ("fr-ino-moved", &renamed),
+        ("fr-ino-late", &late_moved),
+    ] {
+        let truth = workload::run(
+            comm,
+            &["read", "--file", path.to_str().unwrap(), "--bs", "1048576"],
+            "read_bytes",
+        );
+        assert_eq!(truth, 8 * MIB);
+        let m = agent.wait_for(Duration::from_secs(10), comm, |m| {
+            watched(m, comm) + unwatched(m, comm) >= truth
+        });
+        assert_within(
+            &format!("{comm}: watched bytes of {}", path.display()),
+            watched(&m, comm),
+            truth,
+            1.0,
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! its extension is watched anywhere, or when it or one of its ancestor
 //! directories is in `WATCH_INODES` (optionally restricted to extensions).
 //! Decisions are cached per inode and per watch-set generation, so a read of
-//! an already-seen file costs one LRU lookup.
+//! an already-seen file costs one LRU lookup. A watched inode is remembered
+//! in `WATCHED_FILES` (LRU), so its later names and places stay watched.
 
 use aya_ebpf::{
     macros::map,
@@ -23,6 +24,10 @@ static WATCH_EXTS: HashMap<ExtKey, u64> = HashMap::with_max_entries(maps::MAX_WA
 #[map(name = "WATCH_CACHE")]
 static WATCH_CACHE: LruHashMap<InodeKey, WatchCacheEntry> =
     LruHashMap::with_max_entries(maps::WATCH_CACHE_SIZE, 0);
+
+#[map(name = "WATCHED_FILES")]
+static WATCHED_FILES: LruHashMap<InodeKey, u32> =
+    LruHashMap::with_max_entries(maps::WATCHED_FILES_SIZE, 0);
 
 #[map(name = "RUNTIME")]
 static RUNTIME: Array<RuntimeConfig> = Array::with_max_entries(maps::RUNTIME_SIZE, 0);
@@ -55,7 +60,14 @@ pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, Loss> {
             return Ok(cached.watched != 0);
         }
     }
-    let watched = decide(file, key, rt.any_ext_mask)?;
+    // Once weights, always weights: a hard link, a rename or a move out of
+    // the watched directories does not make the inode's bytes anything else.
+    // SAFETY: a plain value copied out at once.
+    let sticky = unsafe { WATCHED_FILES.get(key) }.is_some();
+    let watched = sticky || decide(file, key, rt.any_ext_mask)?;
+    if watched && !sticky {
+        let _ = WATCHED_FILES.insert(key, 1, 0);
+    }
     let mut entry = WatchCacheEntry {
         generation,
         watched: watched as u32,

@@ -615,6 +615,17 @@ fn fill_watch_tables(ebpf: &mut Ebpf, watch: &WatchSet) -> anyhow::Result<()> {
             .insert(w.key, w.mask, 0)
             .with_context(|| format!("adding {} to WATCH_INODES", w.path.display()))?;
     }
+    // The files there now, by inode: their other names and later places
+    // stay watched. Half the map, so files first read later still fit.
+    let mut files: HashMap<&mut MapData, InodeKey, u32> =
+        HashMap::try_from(map_mut(ebpf, names::WATCHED_FILES)?)?;
+    let found = watch.files(names::WATCHED_FILES_SIZE as usize / 2, 32);
+    for key in &found {
+        files
+            .insert(key, 1, 0)
+            .context("adding a watched file to WATCHED_FILES")?;
+    }
+    tracing::debug!(files = found.len(), "watched files seeded by inode");
     Ok(())
 }
 
@@ -688,6 +699,7 @@ mod tests {
             (names::WATCH_INODES, names::MAX_WATCH_INODES),
             (names::WATCH_EXTS, names::MAX_WATCH_EXTS),
             (names::WATCH_CACHE, names::WATCH_CACHE_SIZE),
+            (names::WATCHED_FILES, names::WATCHED_FILES_SIZE),
             (names::RUNTIME, names::RUNTIME_SIZE),
             (names::COUNTERS, names::COUNTERS_SIZE),
             (names::LAST_FILE, names::LAST_FILE_SIZE),

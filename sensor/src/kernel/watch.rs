@@ -189,6 +189,49 @@ impl WatchSet {
         key
     }
 
+    /// The regular files the watch set covers now, by inode (explicitly
+    /// watched files, and the files below watched directories whose
+    /// extension the directory's spec takes), at most `limit`, walking at
+    /// most `max_depth` levels without following symbolic links: seeded into
+    /// the kernel's `WATCHED_FILES`, so a hard link made, or a move out of
+    /// the directory done, before the file is ever read keeps it watched.
+    pub fn files(&self, limit: usize, max_depth: usize) -> Vec<InodeKey> {
+        let mut out = Vec::new();
+        for w in &self.inodes {
+            let mut stack = vec![(w.path.clone(), 0usize)];
+            while let Some((path, depth)) = stack.pop() {
+                if out.len() >= limit {
+                    return out;
+                }
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if meta.is_file() {
+                    if w.mask == WATCH_ALL || self.path_ext_bit(&path) & w.mask != 0 {
+                        out.push(inode_key(&meta));
+                    }
+                } else if meta.is_dir() && depth < max_depth {
+                    if let Ok(entries) = std::fs::read_dir(&path) {
+                        stack.extend(entries.flatten().map(|e| (e.path(), depth + 1)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The `WATCH_EXTS` bit of a path's extension (lower-cased), 0 if none.
+    fn path_ext_bit(&self, path: &Path) -> u64 {
+        let Some(ext) = path.extension().and_then(|e| e.to_str()) else {
+            return 0;
+        };
+        let ext = ext.to_ascii_lowercase();
+        self.extensions
+            .iter()
+            .position(|e| *e == ext)
+            .map_or(0, |i| 1u64 << i)
+    }
+
     /// Paths shown to users, e.g. by `sensor check` and the start-up log.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self
