@@ -153,6 +153,13 @@ impl Pipeline {
                 .count_alert(json.rule, &json.comm, &json.container);
             out.alerts.push(json);
         }
+        self.detector.forget_exited(
+            poll.procs
+                .iter()
+                .filter(|p| p.exited)
+                .filter_map(|p| poll.identities.get(&p.tgid))
+                .map(|id| (id.tgid, id.first_seen_ns)),
+        );
         self.metrics
             .detector_actors
             .set(self.detector.actors() as i64);

@@ -239,6 +239,16 @@ impl Detector {
         self
     }
 
+    /// Forgets the process-scope actors of processes that exited: all their
+    /// bytes were in the poll just observed, so nothing can raise them any
+    /// more (their session and container actors stay). Without this, a storm
+    /// of short-lived readers of weights holds an actor each for a window.
+    pub fn forget_exited(&mut self, exited: impl IntoIterator<Item = (u32, u64)>) {
+        for (tgid, first_seen_ns) in exited {
+            self.actors.remove(&ActorKey::Process(tgid, first_seen_ns));
+        }
+    }
+
     /// Number of actors with activity in the window (memory is bounded by it).
     pub fn actors(&self) -> usize {
         self.actors.len()
@@ -672,6 +682,25 @@ mod tests {
         }
         let a = d.observe(140, &[act(60, 60, 0, &[(2, Untrusted, 7 * MIB)])]);
         assert_eq!(a.len(), 1, "42 MiB sent over 40 s of a 60 s window");
+    }
+
+    #[test]
+    fn exited_processes_leave_only_their_session_behind() {
+        let mut d = Detector::new(cfg());
+        // 1,000 short-lived readers of weights in one session.
+        let readers: Vec<Activity> = (0..1000u32).map(|t| act(2000 + t, 7, MIB, &[])).collect();
+        assert!(d.observe(100, &readers).is_empty());
+        assert_eq!(d.actors(), 1001);
+        d.forget_exited(
+            readers
+                .iter()
+                .map(|a| (a.identity.tgid, a.identity.first_seen_ns)),
+        );
+        assert_eq!(d.actors(), 1, "only the session actor");
+        // The session still sees the reads: its sender alerts.
+        let alerts = d.observe(101, &[act(9, 7, 0, &[(2, Untrusted, 600 * MIB)])]);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].scope, Scope::Session);
     }
 
     #[test]
