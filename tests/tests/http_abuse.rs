@@ -190,8 +190,12 @@ fn five_thousand_slow_header_clients_do_not_lock_out_a_scrape() {
         max_sockets <= base_sockets + AGENT_CAP + 2,
         "agent held {max_sockets} sockets (idle {base_sockets}, cap {AGENT_CAP})"
     );
+    // The agent cycles through the slow clients (closing the oldest idle
+    // one for each new connection): thousands in the flood's 15 s. Without
+    // eviction only the header timeout would close them, 256 per 5 s (about
+    // 770 in 15 s). How many exactly depends on the machine's speed.
     assert!(
-        replaced >= clients as u64,
+        replaced >= clients as u64 / 2,
         "the agent closed only {replaced} slow clients"
     );
     drop(socks);
