@@ -53,11 +53,15 @@ pub fn test_tools() -> Result<()> {
 
 /// What `cargo xtask image` and the container test run: podman with runc
 /// (crun, podman's default, refuses hosts whose cgroups are in hybrid mode),
-/// mmdebstrap for the Debian base.
+/// netavark and iptables for its published ports (the network stack the
+/// container test is run with; without recommends apt would pick the CNI
+/// plugins instead), mmdebstrap for the Debian base.
 pub fn image_tools() -> Result<()> {
     debian_packages(&[
         ("podman", "podman"),
         ("runc", "runc"),
+        ("/usr/lib/podman/netavark", "netavark"),
+        ("iptables", "iptables"),
         ("mmdebstrap", "mmdebstrap"),
         ("tar", "tar"),
     ])
