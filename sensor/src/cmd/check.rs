@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     cli::CheckArgs,
+    config::VMLINUX_BTF,
     failure::Failure,
     kernel::{loader::Sensor, offsets, privilege},
     util::sysinfo,
@@ -30,8 +31,8 @@ fn row(item: impl Into<String>, ok: bool, detail: impl Into<String>) -> Row {
 
 pub fn main(args: CheckArgs) -> Result<(), Failure> {
     let mut rows = vec![row("kernel", true, sysinfo::kernel_release())];
-    let btf = Path::new(offsets::VMLINUX_BTF);
-    rows.push(row("btf", btf.exists(), offsets::VMLINUX_BTF));
+    let btf = Path::new(VMLINUX_BTF);
+    rows.push(row("btf", btf.exists(), VMLINUX_BTF));
 
     let caps = sysinfo::effective_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;

@@ -20,14 +20,13 @@ use super::runner::{self, Runner};
 use crate::{
     cli::{RunArgs, TailArgs},
     cmd::pipeline::Pipeline,
-    config::Config,
+    config::{Config, DEFAULT_SOCKET},
     export::metrics::Metrics,
     failure::Failure,
     kernel::watch::WatchSet,
     tail::{
         record::{ActivityRecord, Message},
         render::Output,
-        server::DEFAULT_SOCKET,
     },
     util::sysinfo,
 };

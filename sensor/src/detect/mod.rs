@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use sensor_common::InodeKey;
 
 use crate::{
-    collect::Identity,
+    collect::{endpoint::Endpoint, Identity},
     config::DetectConfig,
-    enrich::destination::{DestClass, Endpoint},
+    enrich::destination::DestClass,
 };
 
 pub const RULE_READ_THEN_SEND: &str = "read_then_send";

@@ -2,7 +2,7 @@
 
 use ipnet::IpNet;
 
-pub use crate::collect::endpoint::Endpoint;
+use crate::collect::endpoint::Endpoint;
 
 /// The `destination` label of `sensor_socket_send_bytes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

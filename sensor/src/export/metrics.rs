@@ -398,7 +398,7 @@ mod tests {
             total: ProcCounters::default(),
             exited: false,
         });
-        let ep = crate::enrich::destination::Endpoint::from_kernel(
+        let ep = crate::collect::endpoint::Endpoint::from_kernel(
             AF_INET,
             [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             9,

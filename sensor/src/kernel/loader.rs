@@ -205,7 +205,7 @@ impl Sensor {
     pub fn probe_each() -> anyhow::Result<Vec<ProbeStatus>> {
         let opts = LoadOptions {
             processes: names::DEFAULT_MAX_PROCS,
-            btf: PathBuf::from(offsets::VMLINUX_BTF),
+            btf: PathBuf::from(crate::config::VMLINUX_BTF),
         };
         let (mut ebpf, resolved) = open(&opts)?;
         attach_all(&mut ebpf, &resolved, &opts.btf)

@@ -43,8 +43,6 @@ pub enum OffsetError {
     NoTracepoint(String),
 }
 
-pub use crate::config::VMLINUX_BTF;
-
 /// The offsets, and which optional kernel features they could not be found for.
 #[derive(Clone, Debug)]
 pub struct Resolved {
@@ -357,8 +355,8 @@ mod tests {
     /// kernel, so this checks their consistency instead.
     #[test]
     fn resolves_running_kernel() {
-        let r =
-            resolve_offsets(Path::new(VMLINUX_BTF)).expect("offsets from /sys/kernel/btf/vmlinux");
+        let r = resolve_offsets(Path::new(crate::config::VMLINUX_BTF))
+            .expect("offsets from /sys/kernel/btf/vmlinux");
         assert_eq!(r.io_uring_missing, None, "this kernel has io_uring");
         let o = r.offsets;
         // uapi: `struct io_uring_cqe { __u64 user_data; __s32 res; ... }`.

@@ -16,8 +16,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::record::{ActivityRecord, Message};
-use crate::alerts::AlertJson;
-pub use crate::config::DEFAULT_SOCKET;
+use crate::{alerts::AlertJson, config::DEFAULT_SOCKET};
 /// Lines queued for all clients together; a client further behind is dropped.
 const QUEUE: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
