@@ -342,13 +342,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn stalled_client_is_dropped_and_does_not_hold_up_the_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let watched = tempfile::tempdir().unwrap();
-    // Not watched: every reader is an activity line for the tail, but none
-    // gives the detector state to keep for its window (that memory is the
-    // detector's, bounded elsewhere, not the stalled client's).
     let small = dir.path().join("small.bin");
     std::fs::write(&small, vec![1u8; 4096]).unwrap();
-    let agent = Agent::start(&["--watch", watched.path().to_str().unwrap()]);
+    let agent = Agent::start(&["--watch", dir.path().to_str().unwrap()]);
     // Connects, never reads.
     let _stalled = std::os::unix::net::UnixStream::connect(&agent.tail_socket).unwrap();
     let rss_before = rss_kib(agent.pid());
