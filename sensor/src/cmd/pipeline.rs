@@ -68,11 +68,11 @@ impl Pipeline {
 
     /// Reads the kernel maps once and carries the result through.
     pub fn poll(&mut self, sensor: &mut Sensor) -> anyhow::Result<PollOutput> {
-        // Identities first: a process seen exited here did all its I/O
-        // before the counters below are read, so forgetting it after this
-        // poll loses nothing (the other order would drop its last bytes).
-        // The kernel's own counters first: a mapping record counted there
-        // is in the map read after it, unless it was evicted.
+        // The kernel's loss counters, then identities, then counters: a
+        // mapping record counted by the kernel is in the map read after it
+        // unless it was evicted, and a process seen exited did all its I/O
+        // before its counters are read, so forgetting it after this poll
+        // loses nothing (the other order would drop its last bytes).
         let lost = sensor.read_lost()?;
         let infos = sensor.read_infos()?;
         let mmaps = sensor.read_mmaps()?;
@@ -106,15 +106,15 @@ impl Pipeline {
                 .set(n as i64);
         }
         let poll = self.collector.ingest(snapshot, sysinfo::process_exists);
-        // Exec records of the processes that may need naming, read with the
-        // snapshot (before the kernel forgets exited ones); then labels, once.
-        let exec = self
-            .enricher
-            .wants_exec(&poll)
-            .into_iter()
-            .filter_map(|t| sensor.exec_info(t).map(|e| (t, e)))
+        // Labels, once; the exec records of the processes to name, read with
+        // the snapshot (before the kernel forgets exited ones).
+        let labelled = self.enricher.label(&poll);
+        let exec = labelled
+            .needs_meta
+            .iter()
+            .filter_map(|(t, _)| sensor.exec_info(*t).map(|e| (*t, e)))
             .collect();
-        let labelled = self.enricher.label(&poll, &exec);
+        self.enricher.remember(&labelled.needs_meta, &exec);
         let mut out_notices = Vec::new();
         if let Some(detail) = self.blind.check(&poll, self.started.elapsed()) {
             tracing::warn!(%detail, "detection may be blind");

@@ -45,6 +45,9 @@ pub struct Labelled {
     pub procs: HashMap<u32, Labels>,
     /// Every send of the poll, classified once.
     pub sends: Vec<LabelledSend>,
+    /// Processes (tgid, first seen) that moved weights or sent to untrusted
+    /// destinations and are not named yet.
+    pub needs_meta: Vec<(u32, u64)>,
 }
 
 impl Labelled {
@@ -70,26 +73,9 @@ impl Enricher {
         }
     }
 
-    /// The processes of `poll` whose executable is not known yet and that
-    /// may need it (they read watched data or sent): their exec records are
-    /// read from the kernel with the snapshot and handed to [`Self::label`].
-    pub fn wants_exec(&self, poll: &Poll) -> Vec<u32> {
-        let mut out: Vec<u32> = poll
-            .procs
-            .iter()
-            .filter(|p| p.watched_read_bytes > 0 || p.sent_bytes > 0)
-            .filter_map(|p| poll.identities.get(&p.tgid))
-            .filter(|id| !self.meta.knows(id.tgid, id.first_seen_ns))
-            .map(|id| id.tgid)
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    /// Labels `poll` once. `exec` holds the kernel's exec records of the
-    /// processes [`Self::wants_exec`] named.
-    pub fn label(&mut self, poll: &Poll, exec: &HashMap<u32, ExecInfo>) -> Labelled {
+    /// Labels `poll` once, and says which processes need their executable
+    /// and command line remembered now (see [`Self::remember`]).
+    pub fn label(&mut self, poll: &Poll) -> Labelled {
         let mut out = Labelled::default();
         for (tgid, id) in &poll.identities {
             let labels = self.labels_of(id);
@@ -105,24 +91,32 @@ impl Enricher {
                 bytes: s.bytes,
             })
             .collect();
-        // Executable and command line of the processes that moved weights
-        // or sent to untrusted destinations, read while they are alive.
+        // The processes that moved weights or sent to untrusted
+        // destinations, not named yet: named now, while they are alive.
         let untrusted: std::collections::HashSet<u32> = out
             .sends
             .iter()
             .filter(|s| s.class == DestClass::Untrusted)
             .map(|s| s.tgid)
             .collect();
-        for p in &poll.procs {
-            if p.watched_read_bytes == 0 && !untrusted.contains(&p.tgid) {
-                continue;
-            }
-            if let Some(id) = poll.identities.get(&p.tgid) {
-                self.meta
-                    .remember(id.tgid, id.first_seen_ns, || exec.get(&id.tgid).copied());
-            }
-        }
+        out.needs_meta = poll
+            .procs
+            .iter()
+            .filter(|p| p.watched_read_bytes > 0 || untrusted.contains(&p.tgid))
+            .filter_map(|p| poll.identities.get(&p.tgid))
+            .filter(|id| !self.meta.knows(id.tgid, id.first_seen_ns))
+            .map(|id| (id.tgid, id.first_seen_ns))
+            .collect();
         out
+    }
+
+    /// Remembers the executable and command line of `needs` (from /proc, else
+    /// from the kernel's exec records in `exec`, read with the snapshot).
+    pub fn remember(&mut self, needs: &[(u32, u64)], exec: &HashMap<u32, ExecInfo>) {
+        for (tgid, first_seen_ns) in needs {
+            self.meta
+                .remember(*tgid, *first_seen_ns, || exec.get(tgid).copied());
+        }
     }
 
     /// Labels of one process (for an alert whose process is not in this

@@ -411,8 +411,8 @@ mod tests {
         });
         poll.lost[1] = 3;
         poll.tracked = 1;
-        let labelled = crate::enrich::label::Enricher::new(Vec::new(), "/nonexistent".into())
-            .label(&poll, &Default::default());
+        let labelled =
+            crate::enrich::label::Enricher::new(Vec::new(), "/nonexistent".into()).label(&poll);
         m.record(&poll, &labelled);
         let text = Metrics::encode(&m.registry);
         assert!(text.contains(r#"sensor_file_read_bytes_total{comm="we\"ird\\na\nme",container="",watched="true"} 60"#), "{text}");
