@@ -5,6 +5,7 @@
 //! ([`Loss`] and [`Count`] only name slots: their indices cross, not them).
 #![no_std]
 
+pub mod lineage;
 pub mod loss;
 pub mod maps;
 pub mod offsets;

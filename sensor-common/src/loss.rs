@@ -43,11 +43,24 @@ pub enum Loss {
     /// Found by user space: a live mapping's record left `WATCHED_MMAPS`
     /// (LRU); its later residency is not sampled.
     MmapEvicted = 10,
+    /// Found by user space: a process's holding of weights left `HOLDINGS`
+    /// (LRU); what it writes or sends afterwards carries nothing, and
+    /// lineage hops through it are no longer named.
+    HoldingEvicted = 11,
+    /// Found by user space: a carrier (derived file, pipe, socket) left
+    /// `CARRIERS` (LRU); reading it afterwards counts as plain bytes.
+    CarrierEvicted = 12,
+    /// Found by user space: a (process, carrier) record of bytes already
+    /// taken left `TAKEN` (LRU); re-reading that carrier counts again.
+    TakenEvicted = 13,
+    /// Found by user space: a watched inode left `WATCHED_FILES` (LRU);
+    /// under a name outside the watch set it is no longer watched.
+    WatchedFileEvicted = 14,
 }
 
 impl Loss {
     /// How many reasons there are: the loss slots are `0..COUNT`.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 15;
 
     /// Every reason, in slot order.
     pub const ALL: [Loss; Loss::COUNT] = [
@@ -62,6 +75,10 @@ impl Loss {
         Loss::ProcEvicted,
         Loss::SendEvicted,
         Loss::MmapEvicted,
+        Loss::HoldingEvicted,
+        Loss::CarrierEvicted,
+        Loss::TakenEvicted,
+        Loss::WatchedFileEvicted,
     ];
 
     /// The `reason` label of `sensor_lost_events_total`.
@@ -78,6 +95,10 @@ impl Loss {
             Loss::ProcEvicted => "proc_evicted",
             Loss::SendEvicted => "send_evicted",
             Loss::MmapEvicted => "mmap_evicted",
+            Loss::HoldingEvicted => "holding_evicted",
+            Loss::CarrierEvicted => "carrier_evicted",
+            Loss::TakenEvicted => "taken_evicted",
+            Loss::WatchedFileEvicted => "watched_file_evicted",
         }
     }
 
@@ -99,11 +120,17 @@ pub enum Count {
     /// New records the kernel put in `WATCHED_MMAPS`, so user space can
     /// tell how many left the (LRU) map before any poll saw them.
     MmapRecorded = Loss::COUNT as u32,
+    /// New entries the kernel made in `HOLDINGS`, `CARRIERS`, `TAKEN` and
+    /// `WATCHED_FILES` (LRU maps): user space tells evictions from them.
+    HoldingsMade,
+    CarriersMade,
+    TakenMade,
+    WatchedFilesMade,
 }
 
 impl Count {
     /// How many counts there are.
-    pub const COUNT: usize = 1;
+    pub const COUNT: usize = 5;
 
     /// Its slot in `COUNTERS`.
     pub const fn slot(self) -> u32 {
@@ -125,7 +152,7 @@ const _: () = {
         assert!(Loss::ALL[i].index() == i);
         i += 1;
     }
-    assert!(Count::MmapRecorded.index() + 1 == COUNTER_SLOTS);
+    assert!(Count::WatchedFilesMade.index() + 1 == COUNTER_SLOTS);
 };
 
 #[cfg(test)]
@@ -149,6 +176,10 @@ mod tests {
                 "proc_evicted",
                 "send_evicted",
                 "mmap_evicted",
+                "holding_evicted",
+                "carrier_evicted",
+                "taken_evicted",
+                "watched_file_evicted",
             ]
         );
     }

@@ -34,6 +34,36 @@ pub const WATCH_EXTS: &str = "WATCH_EXTS";
 pub const WATCHED_FILES: &str = "WATCHED_FILES";
 /// Capacity of [`WATCHED_FILES`].
 pub const WATCHED_FILES_SIZE: u32 = 65_536;
+/// Weights each process took in (`LruHashMap<u32 tgid, Holding>`, see
+/// [`crate::lineage`]); kept after the process exits, so a chain names it.
+pub const HOLDINGS: &str = "HOLDINGS";
+/// Capacity of [`HOLDINGS`].
+pub const HOLDINGS_SIZE: u32 = 16_384;
+/// Derived files, pipes and FIFOs carrying weights
+/// (`LruHashMap<CarrierKey, Carrier>`).
+pub const CARRIERS: &str = "CARRIERS";
+/// Capacity of [`CARRIERS`].
+pub const CARRIERS_SIZE: u32 = 16_384;
+/// Sockets carrying weights (`LruHashMap<CarrierKey, Carrier>`), apart
+/// from [`CARRIERS`] so a holder talking to many peers churns only these.
+pub const SOCKET_CARRIERS: &str = "SOCKET_CARRIERS";
+/// Capacity of [`SOCKET_CARRIERS`].
+pub const SOCKET_CARRIERS_SIZE: u32 = 16_384;
+/// Bytes each process already took from each carrier or watched file
+/// (`LruHashMap<TakenKey, u64>`).
+pub const TAKEN: &str = "TAKEN";
+/// Capacity of [`TAKEN`].
+pub const TAKEN_SIZE: u32 = 65_536;
+/// Paths of derived files (`LruHashMap<CarrierKey, CarrierPath>`).
+pub const CARRIER_PATHS: &str = "CARRIER_PATHS";
+/// Capacity of [`CARRIER_PATHS`].
+pub const CARRIER_PATHS_SIZE: u32 = 8_192;
+/// Lineage generations (`Array<u64>`): slot 0 is bumped by every new file
+/// carrier (cached "not derived" decisions are then made again), slot 1
+/// counts stream carriers made (0: pipe and socket reads skip the lookup).
+pub const LINEAGE_GEN: &str = "LINEAGE_GEN";
+/// Slots of [`LINEAGE_GEN`].
+pub const LINEAGE_GEN_SIZE: u32 = 2;
 /// Cache of the watched decision per inode (`LruHashMap<InodeKey, WatchCacheEntry>`).
 pub const WATCH_CACHE: &str = "WATCH_CACHE";
 /// Runtime knobs user space can change while running (`Array<RuntimeConfig>`, one slot).
@@ -46,8 +76,11 @@ pub const LAST_FILE: &str = "LAST_FILE";
 /// Room to build an `ExecInfo` (`PerCpuArray<ExecInfo>`, kernel only).
 pub const EXEC_SCRATCH: &str = "EXEC_SCRATCH";
 
+/// Room to build a `CarrierPath` (`PerCpuArray<CarrierPath>`, kernel only).
+pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
+
 /// Every map of the eBPF object.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 24] = [
     PROC_STATS,
     PROC_SPILL,
     PROC_INFO,
@@ -65,6 +98,13 @@ pub const ALL: [&str; 17] = [
     RUNTIME,
     COUNTERS,
     LAST_FILE,
+    HOLDINGS,
+    CARRIERS,
+    SOCKET_CARRIERS,
+    TAKEN,
+    CARRIER_PATHS,
+    PATH_SCRATCH,
+    LINEAGE_GEN,
 ];
 
 /// The global holding struct offsets resolved from the running kernel's BTF.
@@ -111,6 +151,8 @@ pub const COUNTERS_SIZE: u32 = crate::COUNTER_SLOTS as u32;
 pub const RUNTIME_SIZE: u32 = 1;
 /// `LAST_FILE` holds one entry per CPU.
 pub const LAST_FILE_SIZE: u32 = 1;
+/// `PATH_SCRATCH` holds one `CarrierPath` per CPU.
+pub const PATH_SCRATCH_SIZE: u32 = 1;
 /// `EXEC_SCRATCH` holds one `ExecInfo` per CPU.
 pub const EXEC_SCRATCH_SIZE: u32 = 1;
 

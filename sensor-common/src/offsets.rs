@@ -79,6 +79,19 @@ pub struct Offsets {
     pub features: u32,
     /// How `io_uring_complete` passes the result: `IO_URING_TP_*`.
     pub io_uring_tp: u32,
+    // lineage
+    /// `sock_common.skc_rcv_saddr` / `skc_num` / `skc_v6_rcv_saddr` (local end)
+    pub sk_rcv_saddr: u32,
+    pub sk_num: u32,
+    pub sk_v6_rcv_saddr: u32,
+    /// `unix_sock.peer` (0: UNIX relays not followed)
+    pub unix_peer: u32,
+    /// `super_block.s_magic`
+    pub sb_magic: u32,
+    /// `inode.i_state`, and its `I_DIRTY_PAGES` bit on this kernel
+    pub inode_state: u32,
+    pub dirty_pages_flag: u32,
+    pub _pad1: u32,
 }
 
 /// `bpf_get_current_task_btf` exists (5.11+): task fields are direct loads.
@@ -141,7 +154,15 @@ impl Offsets {
         socket_sk: 0,
         features: 0,
         io_uring_tp: 0,
+        sk_rcv_saddr: 0,
+        sk_num: 0,
+        sk_v6_rcv_saddr: 0,
+        unix_peer: 0,
+        sb_magic: 0,
+        inode_state: 0,
+        dirty_pages_flag: 0,
+        _pad1: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 168);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 200);

@@ -21,6 +21,15 @@ pub struct ProcCounters {
     /// Bytes accepted by sockets of any family (per destination in `SEND_STATS`).
     pub sent_bytes: u64,
     pub send_ops: u64,
+    /// Lineage (see [`crate::lineage`]): bytes of watched files taken in,
+    /// each file's bytes counted once and at most what it holds on disk
+    /// (re-reads and sparse padding do not add).
+    pub distinct_read_bytes: u64,
+    /// Bytes of weights taken in from derived files.
+    pub derived_read_bytes: u64,
+    /// Bytes of weights relayed in through pipes, FIFOs, UNIX sockets and
+    /// inet connections on this host.
+    pub relayed_bytes: u64,
     /// `bpf_ktime_get_ns` when the kernel created the entry (set in the
     /// creating CPU's copy only; user space takes the largest). A new value
     /// for a known tgid means the entry was evicted and made again.
@@ -199,10 +208,14 @@ pub struct RuntimeConfig {
     pub _pad: u32,
     /// Extensions (bits of `WATCH_EXTS`) watched anywhere in the tree.
     pub any_ext_mask: u64,
+    /// Lineage: bytes a process takes from one file or carrier count once
+    /// per epoch of this length (the detection window), so re-reading does
+    /// not dilute a window and a later window counts them again. 0: once.
+    pub epoch_ns: u64,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<ProcCounters>() == 56);
+    assert!(core::mem::size_of::<ProcCounters>() == 80);
     assert!(core::mem::size_of::<ProcInfo>() == 64);
     assert!(core::mem::size_of::<SendKey>() == 24);
     assert!(core::mem::size_of::<SendCounters>() == 16);
@@ -210,7 +223,7 @@ const _: () = {
     assert!(core::mem::size_of::<FileKey>() == 16);
     assert!(core::mem::size_of::<ExtKey>() == 16);
     assert!(core::mem::size_of::<WatchCacheEntry>() == 24);
-    assert!(core::mem::size_of::<RuntimeConfig>() == 16);
+    assert!(core::mem::size_of::<RuntimeConfig>() == 24);
     assert!(core::mem::size_of::<Dest>() == 24);
     assert!(core::mem::size_of::<MmapInfo>() == 24);
     assert!(core::mem::size_of::<MmapKey>() == 16);

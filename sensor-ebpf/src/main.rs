@@ -5,6 +5,7 @@
 #![feature(core_intrinsics)]
 
 mod file;
+mod lineage;
 mod net;
 mod probes;
 mod process;

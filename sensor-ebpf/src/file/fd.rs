@@ -48,11 +48,17 @@ pub fn regular_file_inode(file: *const u8) -> Result<Option<(*const u8, InodeKey
     if mode & S_IFMT != S_IFREG {
         return Ok(None);
     }
+    inode_key(inode).map(Some)
+}
+
+/// The `(dev, ino)` of `inode`.
+#[inline(always)]
+pub fn inode_key(inode: *const u8) -> Result<(*const u8, InodeKey), Loss> {
     let sb = read_ptr(inode, off!(inode_sb))?;
     let key = InodeKey {
         dev: read(sb, off!(sb_dev))?,
         _pad: 0,
         ino: read(inode, off!(inode_ino))?,
     };
-    Ok(Some((inode, key)))
+    Ok((inode, key))
 }

@@ -6,10 +6,14 @@
 //! accounting, `/proc/PID/smaps`).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap};
-use sensor_common::{maps, Count, Loss, MmapInfo, MmapKey};
+use sensor_common::{
+    lineage::{CarrierKey, VIA_READ},
+    maps, Count, Loss, MmapInfo, MmapKey,
+};
 
-use super::{fd, watch};
+use super::{fd, held, watch};
 use crate::{
+    lineage::holding,
     process::stats,
     runtime::{
         kernel::{off, read},
@@ -46,6 +50,14 @@ pub fn record(file: *const u8, addr: u64, len: u64) -> Result<(), Loss> {
     let tgid = stats::current_tgid();
     // Gives the process an identity for user space.
     stats::counters_of(tgid)?;
+    // The mapping puts the file's bytes in its hands: it holds them
+    // (lineage), whatever it later writes them into.
+    let src = CarrierKey {
+        via: VIA_READ,
+        dev: key.dev,
+        id: key.ino,
+    };
+    holding::take(tgid, src, len, held::held_bytes(inode)?, None);
     let info = MmapInfo {
         dev: key.dev,
         _pad: 0,

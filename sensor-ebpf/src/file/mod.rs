@@ -2,6 +2,7 @@
 //! bytes read per process and per watched file, mappings of watched files.
 
 pub mod fd;
+pub mod held;
 pub mod mmap;
 pub mod reads;
 pub mod watch;

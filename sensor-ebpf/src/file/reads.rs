@@ -1,26 +1,33 @@
-//! Counting bytes a process took from a regular file, whichever hook saw
-//! them: per-process totals, watched split, and per watched file.
+//! Counting bytes a process took from a file, whichever hook saw them:
+//! per-process totals, watched split, per watched file, and the weights it
+//! took in (lineage) from watched files, derived files, pipes and sockets.
 
 use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap},
 };
-use sensor_common::{maps, FileKey, InodeKey, Loss};
+use sensor_common::{
+    lineage::{CarrierKey, INET_CONN, VIA_FILE, VIA_LOOPBACK, VIA_PIPE, VIA_READ},
+    maps, FileKey, InodeKey, Loss,
+};
 
-use super::{fd, watch};
+use super::{fd, held, watch};
 use crate::{
+    lineage::{carrier, holding},
+    net::send,
     process::stats,
     runtime::{
         atomic,
-        kernel::{off, read_ptr},
+        kernel::{off, read, read_ptr, Probe, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK},
         slot::slot_of,
     },
 };
 
 /// The last file this CPU counted a read of, and what was found about it:
 /// a loop of reads on one descriptor (the common case) skips the inode
-/// reads and the watched decision. Valid while the `struct file` and its
-/// inode are the same objects and the watch generation has not moved.
+/// reads, the watched decision and the derived lookup. Valid while the
+/// `struct file` and its inode are the same objects and neither the watch
+/// generation nor the derived-file generation has moved.
 ///
 /// Programs on one CPU can interleave where the kernel preempts them (full
 /// or lazy preemption: a task preempted inside this program, another task
@@ -33,11 +40,15 @@ struct LastFile {
     file: u64,
     inode: u64,
     generation: u32,
-    /// 1: regular file; 2: not regular.
+    /// `KIND_*`.
     kind: u32,
     watched: u32,
     dev: u32,
     ino: u64,
+    /// The derived-file generation `derived` was decided in.
+    lineage: u64,
+    /// 1: a derived file (it carries weights).
+    derived: u64,
     check: u64,
 }
 
@@ -51,6 +62,8 @@ impl LastFile {
             ^ a.rotate_left(29).wrapping_mul(0xc4ce_b9fe_1a85_ec53)
             ^ b.rotate_left(41)
             ^ self.ino.rotate_left(7)
+            ^ self.lineage.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            ^ self.derived.rotate_left(53)
     }
 
     #[inline(always)]
@@ -65,57 +78,91 @@ static LAST_FILE: PerCpuArray<LastFile> = PerCpuArray::with_max_entries(maps::LA
 
 const KIND_REGULAR: u32 = 1;
 const KIND_OTHER: u32 = 2;
+/// A pipe or FIFO, a socket: may relay weights.
+const KIND_FIFO: u32 = 3;
+const KIND_SOCKET: u32 = 4;
 
 #[map(name = "FILE_STATS")]
 static FILE_STATS: PerCpuHashMap<FileKey, u64> =
     PerCpuHashMap::with_max_entries(maps::DEFAULT_MAX_FILES, 0);
 
-/// Counts `bytes` read by the current process from `file`, if regular.
+/// What is known of `file` (cached per CPU).
 #[inline(always)]
-pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), Loss> {
+fn describe(file: *const u8) -> Result<LastFile, Loss> {
     let inode = read_ptr(file, off!(file_inode))?;
     let generation = watch::generation();
+    let lineage = carrier::file_generation();
     let Some(slot) = LAST_FILE.get_ptr_mut(0) else {
-        return Ok(());
+        return Err(Loss::KernelReadError);
     };
     // SAFETY: this CPU's slot; copied out whole, then checked (see LastFile).
     let cached = unsafe { core::ptr::read_volatile(slot) };
-    let last = if cached.file == file as u64
+    if cached.file == file as u64
         && cached.inode == inode as u64
         && cached.generation == generation
+        && cached.lineage == lineage
         && cached.check == cached.digest()
     {
-        cached
-    } else {
-        let fresh = match fd::regular_file_inode(file)? {
-            Some((_, key)) => LastFile {
-                file: file as u64,
-                inode: inode as u64,
-                generation,
-                kind: KIND_REGULAR,
-                watched: watch::is_watched(file, &key)? as u32,
-                dev: key.dev,
-                ino: key.ino,
-                check: 0,
-            },
-            None => LastFile {
-                file: file as u64,
-                inode: inode as u64,
-                generation,
-                kind: KIND_OTHER,
-                watched: 0,
-                dev: 0,
-                ino: 0,
-                check: 0,
-            },
-        }
-        .sealed();
-        // SAFETY: as above; a torn write is caught by the next reader's check.
-        unsafe { core::ptr::write_volatile(slot, fresh) };
-        fresh
+        return Ok(cached);
+    }
+    let mode: u16 = read(inode, off!(inode_mode))?;
+    let mut fresh = LastFile {
+        file: file as u64,
+        inode: inode as u64,
+        generation,
+        kind: KIND_OTHER,
+        watched: 0,
+        dev: 0,
+        ino: 0,
+        lineage,
+        derived: 0,
+        check: 0,
     };
-    if last.kind != KIND_REGULAR {
-        return Ok(());
+    match mode & S_IFMT {
+        S_IFREG => {
+            let (_, key) = fd::inode_key(inode)?;
+            fresh.kind = KIND_REGULAR;
+            fresh.dev = key.dev;
+            fresh.ino = key.ino;
+            fresh.watched = watch::is_watched(file, &key)? as u32;
+            if fresh.watched == 0 {
+                fresh.derived = carrier::is_file_carrier(&file_carrier(&fresh)) as u64;
+            }
+        }
+        S_IFIFO => {
+            let (_, key) = fd::inode_key(inode)?;
+            fresh.kind = KIND_FIFO;
+            fresh.dev = key.dev;
+            fresh.ino = key.ino;
+        }
+        S_IFSOCK => fresh.kind = KIND_SOCKET,
+        _ => {}
+    }
+    let fresh = fresh.sealed();
+    // SAFETY: as above; a torn write is caught by the next reader's check.
+    unsafe { core::ptr::write_volatile(slot, fresh) };
+    Ok(fresh)
+}
+
+#[inline(always)]
+fn file_carrier(last: &LastFile) -> CarrierKey {
+    CarrierKey {
+        via: VIA_FILE,
+        dev: last.dev,
+        id: last.ino,
+    }
+}
+
+/// Counts `bytes` read by the current process from `file`: regular files
+/// are counted (watched, derived or plain); from a pipe, FIFO or socket
+/// only what relays weights is.
+#[inline(always)]
+pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), Loss> {
+    let last = describe(file)?;
+    match last.kind {
+        KIND_REGULAR => {}
+        KIND_FIFO | KIND_SOCKET => return relayed(file, &last, bytes),
+        _ => return Ok(()),
     }
     let key = InodeKey {
         dev: last.dev,
@@ -143,10 +190,61 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), Loss> {
             },
             bytes,
         )?;
+        let src = CarrierKey {
+            via: VIA_READ,
+            dev: key.dev,
+            id: key.ino,
+        };
+        let cap = held::held_bytes(last.inode as *const u8)?;
+        let gain = holding::take(tgid, src, bytes, cap, None);
+        // SAFETY: as above.
+        atomic::add(unsafe { &raw mut (*c).distinct_read_bytes }, gain);
+    } else if last.derived != 0 {
+        let gain = carrier::read_from(tgid, file_carrier(&last), bytes);
+        // SAFETY: as above.
+        atomic::add(unsafe { &raw mut (*c).derived_read_bytes }, gain);
     }
     Ok(())
 }
 
+/// A read from a pipe, FIFO or socket: what it relays of a holder's weights.
+#[inline(always)]
+fn relayed(file: *const u8, last: &LastFile, bytes: u64) -> Result<(), Loss> {
+    if !carrier::any_streams() {
+        return Ok(());
+    }
+    let tgid = stats::current_tgid();
+    let gain = if last.kind == KIND_FIFO {
+        let key = CarrierKey {
+            via: VIA_PIPE,
+            dev: last.dev,
+            id: last.ino,
+        };
+        carrier::read_from(tgid, key, bytes)
+    } else {
+        let Some(sk) = send::socket_of(file)? else {
+            return Ok(());
+        };
+        let Some(key) = carrier::sock_in::<Probe>(sk)? else {
+            return Ok(());
+        };
+        let gain = carrier::read_from(tgid, key, bytes);
+        if gain == 0 && key.via == VIA_LOOPBACK && key.dev == INET_CONN {
+            // A connected datagram socket whose sender was not connected
+            // (the sender marked the receiving port).
+            carrier::read_from(tgid, carrier::port_in::<Probe>(sk)?, bytes)
+        } else {
+            gain
+        }
+    };
+    if gain == 0 {
+        return Ok(());
+    }
+    let c = stats::counters_of(tgid)?;
+    // SAFETY: this CPU's slot of a per-CPU entry.
+    atomic::add(unsafe { &raw mut (*c).relayed_bytes }, gain);
+    Ok(())
+}
 #[inline(always)]
 fn add_file_bytes(key: FileKey, bytes: u64) -> Result<(), Loss> {
     let (slot, _) = slot_of!(FILE_STATS, key, 0).ok_or(Loss::FileMapFull)?;

@@ -6,14 +6,19 @@
 //! in `WATCHED_FILES` (LRU), so its later names and places stay watched.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
 use sensor_common::{
-    maps, ExtKey, InodeKey, Loss, RuntimeConfig, WatchCacheEntry, EXT_LEN, WATCH_ALL,
+    maps, Count, ExtKey, InodeKey, Loss, RuntimeConfig, WatchCacheEntry, EXT_LEN, WATCH_ALL,
 };
 
-use crate::runtime::kernel::{off, read, read_ptr};
+use crate::runtime::{
+    kernel::{off, read, read_ptr},
+    loss,
+};
 
 #[map(name = "WATCH_INODES")]
 static WATCH_INODES: HashMap<InodeKey, u64> = HashMap::with_max_entries(maps::MAX_WATCH_INODES, 0);
@@ -41,6 +46,16 @@ pub fn generation() -> u32 {
     RUNTIME.get(0).map_or(0, |rt| rt.generation)
 }
 
+/// The current lineage epoch: the clock divided by the detection window
+/// (0 before user space set one).
+#[inline(always)]
+pub fn epoch() -> u64 {
+    let epoch_ns = RUNTIME.get(0).map_or(0, |rt| rt.epoch_ns);
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    now.checked_div(epoch_ns).unwrap_or(0)
+}
+
 /// Whether the regular file `file` (inode `key`) is watched.
 #[inline(always)]
 pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, Loss> {
@@ -66,7 +81,9 @@ pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, Loss> {
     let sticky = unsafe { WATCHED_FILES.get(key) }.is_some();
     let watched = sticky || decide(file, key, rt.any_ext_mask)?;
     if watched && !sticky {
-        let _ = WATCHED_FILES.insert(key, 1, 0);
+        if WATCHED_FILES.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
+            loss::count(Count::WatchedFilesMade);
+        }
     }
     let mut entry = WatchCacheEntry {
         generation,

@@ -12,6 +12,7 @@ use sensor_common::{
 
 use super::udp_dest;
 use crate::{
+    lineage::{carrier, holding},
     process::stats,
     runtime::{
         atomic,
@@ -88,6 +89,10 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), Loss> {
     unsafe {
         atomic::add(&raw mut (*slot).bytes, bytes);
         atomic::add(&raw mut (*slot).ops, 1);
+    }
+    // A holder's sends carry weights to whoever receives them on this host.
+    if let Some(h) = holding::of(tgid) {
+        carrier::sent::<M>(&h, tgid, sk, key.family, key.addr, key.port, bytes)?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Marks a process as exited when its last thread exits, so user space can
-//! take its final counts and forget it.
+//! take its final counts and forget it, and its holding of weights stops
+//! passing to a new process reusing the tgid.
 //!
 //! Hook: `tp_btf/sched_process_exit`, `TP_PROTO(struct task_struct *p)`
 //! (6.16+ adds `bool group_dead`; `signal->live` is read instead so the same
@@ -9,6 +10,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use sensor_common::Loss;
 
 use crate::{
+    lineage::holding,
     process::{identity, stats},
     runtime::{kernel::offsets_ready, loss},
 };
@@ -26,5 +28,9 @@ fn try_process_exit(ctx: &BtfTracePointContext) -> Result<(), Loss> {
     if !offsets_ready() {
         return Ok(());
     }
-    identity::mark_exited(stats::current_tgid(), ctx.arg(0))
+    let tgid = stats::current_tgid();
+    if identity::mark_exited(tgid, ctx.arg(0))? {
+        holding::exited(tgid);
+    }
+    Ok(())
 }

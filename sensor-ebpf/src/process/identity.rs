@@ -88,22 +88,22 @@ fn session_id(task: *const u8) -> Result<u32, Loss> {
 
 /// After the thread `task` of `tgid` exited: marks the process exited when
 /// it was its last thread, so user space can take its final counts and
-/// forget it.
+/// forget it. Returns whether it was the last thread of a counted process.
 #[inline(always)]
-pub fn mark_exited(tgid: u32, task: *const u8) -> Result<(), Loss> {
+pub fn mark_exited(tgid: u32, task: *const u8) -> Result<bool, Loss> {
     let Some(info) = PROC_INFO.get_ptr_mut(tgid) else {
-        return Ok(());
+        return Ok(false);
     };
     let signal = read_ptr(task, off!(task_signal))?;
     // do_exit() decrements signal->live before the exit tracepoint.
     let live: i32 = read(signal, off!(signal_live))?;
     if live != 0 {
-        return Ok(());
+        return Ok(false);
     }
     // SAFETY: a map value; a racing reader sees either state.
     unsafe {
         (*info).flags |= PROC_EXITED;
         (*info).exit_ns = bpf_ktime_get_ns();
     }
-    Ok(())
+    Ok(true)
 }

@@ -113,3 +113,4 @@ impl Mem for Probe {
 pub const S_IFMT: u16 = 0o170000;
 pub const S_IFREG: u16 = 0o100000;
 pub const S_IFSOCK: u16 = 0o140000;
+pub const S_IFIFO: u16 = 0o010000;

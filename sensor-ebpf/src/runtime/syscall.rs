@@ -25,6 +25,12 @@ mod imp {
     pub const NR_SENDTO: i64 = 44;
     pub const NR_SENDMSG: i64 = 46;
     pub const NR_SENDMMSG: i64 = 307;
+    pub const NR_PWRITE64: i64 = 18;
+    pub const NR_PWRITEV: i64 = 296;
+    pub const NR_PWRITEV2: i64 = 328;
+    pub const NR_VMSPLICE: i64 = 278;
+    pub const NR_RECVFROM: i64 = 45;
+    pub const NR_RECVMSG: i64 = 47;
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
@@ -48,6 +54,12 @@ mod imp {
     pub const NR_SENDTO: i64 = 206;
     pub const NR_SENDMSG: i64 = 211;
     pub const NR_SENDMMSG: i64 = 269;
+    pub const NR_PWRITE64: i64 = 68;
+    pub const NR_PWRITEV: i64 = 70;
+    pub const NR_PWRITEV2: i64 = 287;
+    pub const NR_VMSPLICE: i64 = 75;
+    pub const NR_RECVFROM: i64 = 207;
+    pub const NR_RECVMSG: i64 = 212;
 }
 
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
@@ -57,8 +69,8 @@ pub use imp::*;
 
 /// For syscalls whose positive return value is a count of bytes taken from
 /// a file descriptor: which argument holds that descriptor.
-/// read/pread64/readv/preadv/preadv2 (fd), splice and copy_file_range
-/// (fd_in), sendfile (in_fd, the second argument).
+/// read/pread64/readv/preadv/preadv2 (fd), recvfrom/recvmsg (a socket),
+/// splice and copy_file_range (fd_in), sendfile (in_fd, the second argument).
 #[inline(always)]
 pub fn source_fd_arg(nr: i64) -> Option<usize> {
     if nr == NR_READ
@@ -68,6 +80,8 @@ pub fn source_fd_arg(nr: i64) -> Option<usize> {
         || nr == NR_PREADV2
         || nr == NR_SPLICE
         || nr == NR_COPY_FILE_RANGE
+        || nr == NR_RECVFROM
+        || nr == NR_RECVMSG
     {
         Some(0)
     } else if nr == NR_SENDFILE {
@@ -92,6 +106,29 @@ pub fn sink_fd_arg(nr: i64) -> Option<usize> {
     {
         Some(0)
     } else if nr == NR_SPLICE {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// For syscalls whose positive return value is a count of bytes written
+/// into a file or pipe (lineage): which argument holds the descriptor.
+/// write, writev, pwrite64, pwritev, pwritev2, vmsplice and sendfile
+/// (`out_fd`) the first; splice and copy_file_range (`fd_out`) the third.
+/// Sends on sockets are marked where they are counted.
+#[inline(always)]
+pub fn written_fd_arg(nr: i64) -> Option<usize> {
+    if nr == NR_WRITE
+        || nr == NR_WRITEV
+        || nr == NR_PWRITE64
+        || nr == NR_PWRITEV
+        || nr == NR_PWRITEV2
+        || nr == NR_VMSPLICE
+        || nr == NR_SENDFILE
+    {
+        Some(0)
+    } else if nr == NR_SPLICE || nr == NR_COPY_FILE_RANGE {
         Some(2)
     } else {
         None

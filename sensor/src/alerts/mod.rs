@@ -22,6 +22,7 @@ use crate::{
     config::AlertmanagerConfig,
     detect::Alert,
     enrich::{paths::PathCache, procmeta::ProcMeta},
+    kernel::lineage::{Hop, Via},
     util::time::rfc3339,
 };
 
@@ -37,6 +38,16 @@ pub struct DestinationJson {
     pub port: u16,
     pub bytes: u64,
     pub class: &'static str,
+}
+
+/// One hop of a flow: `pid` took `bytes` of weights `via` from `path`.
+#[derive(Debug, Serialize)]
+pub struct HopJson {
+    pub pid: u32,
+    pub comm: String,
+    pub via: &'static str,
+    pub path: String,
+    pub bytes: u64,
 }
 
 /// One alert line; field names and order are the contract (README).
@@ -62,6 +73,12 @@ pub struct AlertJson {
     pub top_files: Vec<FileJson>,
     pub destinations: Vec<DestinationJson>,
     pub pids: Vec<u32>,
+    /// Scope `flow`: the hops from the original weights file to the sender.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<HopJson>,
+    /// Scope `flow`: the weights files the flow started from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub origin_files: Vec<String>,
 }
 
 /// Where the alert happened, beyond what the detector knows.
@@ -72,6 +89,8 @@ pub struct Context<'a> {
     pub pod: String,
     pub namespace: String,
     pub paths: &'a PathCache,
+    /// The sender's lineage (flow alerts), origin first.
+    pub lineage: Vec<Hop>,
 }
 
 impl AlertJson {
@@ -116,6 +135,18 @@ impl AlertJson {
                 })
                 .collect(),
             pids: a.pids.clone(),
+            origin_files: origin_files(&ctx.lineage, ctx.paths),
+            lineage: ctx
+                .lineage
+                .iter()
+                .map(|h| HopJson {
+                    pid: h.pid,
+                    comm: h.comm.clone(),
+                    via: h.via.as_str(),
+                    path: ctx.paths.source(&h.source),
+                    bytes: h.bytes,
+                })
+                .collect(),
         }
     }
 
@@ -123,6 +154,18 @@ impl AlertJson {
         serde_json::to_string(self)
             .unwrap_or_else(|e| format!("{{\"error\":\"serializing alert: {e}\"}}"))
     }
+}
+
+/// The watched files a lineage starts from.
+fn origin_files(lineage: &[Hop], paths: &PathCache) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for h in lineage.iter().filter(|h| h.via == Via::Read) {
+        let p = paths.source(&h.source);
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// A `sensor_tamper` alert: something is blinding the sensor.

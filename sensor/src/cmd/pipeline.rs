@@ -48,7 +48,17 @@ pub struct Pipeline {
     started: Instant,
     audit: bool,
     blind: BlindWatch,
+    /// The flow of each live process weights reached through a carrier.
+    flows: HashMap<u32, u64>,
+    polls: u64,
+    /// Lineage map entries found lost so far (holdings, carriers, taken,
+    /// watched files).
+    lineage_lost: [u64; 4],
 }
+
+/// Polls between two counts of the lineage maps' entries (each count walks
+/// their keys).
+const LINEAGE_CHECK_EVERY: u64 = 10;
 
 impl Pipeline {
     pub fn new(cfg: &Config, watch: &WatchSet, metrics: Metrics) -> Self {
@@ -63,6 +73,9 @@ impl Pipeline {
             started: Instant::now(),
             audit: cfg.audit.is_some(),
             blind: BlindWatch::new(cfg.detect.window),
+            flows: HashMap::new(),
+            polls: 0,
+            lineage_lost: [0; 4],
         }
     }
 
@@ -74,6 +87,7 @@ impl Pipeline {
         // before its counters are read, so forgetting it after this poll
         // loses nothing (the other order would drop its last bytes).
         let lost = sensor.read_lost()?;
+        let lost_now = lost;
         let infos = sensor.read_infos()?;
         let mmaps = sensor.read_mmaps()?;
         let counters = sensor.read_counters()?;
@@ -105,7 +119,8 @@ impl Pipeline {
                 .with_label_values(&[map])
                 .set(n as i64);
         }
-        let poll = self.collector.ingest(snapshot, sysinfo::process_exists);
+        let mut poll = self.collector.ingest(snapshot, sysinfo::process_exists);
+        self.lineage_evictions(sensor, &lost_now, &mut poll)?;
         // Labels, once; the exec records of the processes to name, read with
         // the snapshot (before the kernel forgets exited ones).
         let labelled = self.enricher.label(&poll);
@@ -123,7 +138,7 @@ impl Pipeline {
                 .push(TamperAlertJson::blind(detail, &self.host, SystemTime::now()).to_line());
         }
         self.metrics.record(&poll, &labelled);
-        let activity = self.activity(&poll, &labelled);
+        let activity = self.activity(sensor, &poll, &labelled);
         let mut out = PollOutput {
             records: records(&poll, &labelled),
             alerts: Vec::new(),
@@ -147,11 +162,19 @@ impl Pipeline {
                 pod: labels.pod,
                 namespace: labels.namespace,
                 paths: &self.paths,
+                lineage: if alert.flow.is_some() {
+                    sensor.lineage(alert.process.tgid)
+                } else {
+                    Vec::new()
+                },
             };
             let json = AlertJson::new(&alert, ctx);
             self.metrics
                 .count_alert(json.rule, &json.comm, &json.container);
             out.alerts.push(json);
+        }
+        for p in poll.procs.iter().filter(|p| p.exited) {
+            self.flows.remove(&p.tgid);
         }
         self.detector.forget_exited(
             poll.procs
@@ -181,6 +204,35 @@ impl Pipeline {
             )?;
         }
         Ok(out)
+    }
+
+    /// Every few polls: entries the lineage maps (LRU) dropped, into this
+    /// poll's losses, and how full they are.
+    fn lineage_evictions(
+        &mut self,
+        sensor: &Sensor,
+        made: &[u64; sensor_common::COUNTER_SLOTS],
+        poll: &mut Poll,
+    ) -> anyhow::Result<()> {
+        self.polls += 1;
+        if self.polls % LINEAGE_CHECK_EVERY != 1 {
+            return Ok(());
+        }
+        let ev = sensor.lineage_evictions(made)?;
+        for (i, (reason, gone)) in ev.lost.iter().enumerate() {
+            poll.lost[reason.index()] += gone.saturating_sub(self.lineage_lost[i]);
+            self.lineage_lost[i] = self.lineage_lost[i].max(*gone);
+        }
+        for (map, n) in ["holdings", "carriers", "taken", "watched_files"]
+            .iter()
+            .zip(ev.entries)
+        {
+            self.metrics
+                .map_entries
+                .with_label_values(&[map])
+                .set(n as i64);
+        }
+        Ok(())
     }
 
     /// The audit log's view of this poll: each process's reads of each
@@ -230,12 +282,23 @@ impl Pipeline {
 
     /// What each process did this poll, as the detector sees it; the
     /// files' paths are learnt while the processes are alive.
-    fn activity(&mut self, poll: &Poll, labelled: &Labelled) -> Vec<Activity> {
+    fn activity(&mut self, sensor: &Sensor, poll: &Poll, labelled: &Labelled) -> Vec<Activity> {
         let mut by_tgid: HashMap<u32, Activity> = HashMap::new();
         self.paths.begin_poll();
-        for p in poll.procs.iter().filter(|p| p.watched_read_bytes > 0) {
+        for p in &poll.procs {
+            let lineage = p.derived_read_bytes + p.relayed_bytes;
+            if lineage > 0 && !self.flows.contains_key(&p.tgid) {
+                // Weights reached it through a carrier: which flow.
+                if let Some(held) = sensor.holding(p.tgid).filter(|h| h.relayed) {
+                    self.flows.insert(p.tgid, held.flow);
+                }
+            }
+            if p.distinct_read_bytes + lineage == 0 {
+                continue;
+            }
             if let Some(a) = activity_of(&mut by_tgid, poll, labelled, p.tgid) {
-                a.watched_read += p.watched_read_bytes;
+                a.watched_read += p.distinct_read_bytes;
+                a.lineage_read += lineage;
             }
         }
         for f in &poll.files {
@@ -248,6 +311,9 @@ impl Pipeline {
             if let Some(a) = activity_of(&mut by_tgid, poll, labelled, s.tgid) {
                 a.sends.push((s.endpoint, s.class, s.bytes));
             }
+        }
+        for a in by_tgid.values_mut() {
+            a.flow = self.flows.get(&a.identity.tgid).copied();
         }
         by_tgid.into_values().collect()
     }
@@ -339,6 +405,8 @@ fn activity_of<'a>(
                 .map(|l| l.container.clone())
                 .unwrap_or_default(),
             watched_read: 0,
+            lineage_read: 0,
+            flow: None,
             files: Vec::new(),
             sends: Vec::new(),
         }

@@ -32,6 +32,7 @@ pub fn load(cfg: &Config, watch: &WatchSet) -> anyhow::Result<Sensor> {
         &LoadOptions {
             processes: cfg.max_processes,
             btf: cfg.btf_path.clone(),
+            epoch: cfg.detect.window,
         },
     )
 }

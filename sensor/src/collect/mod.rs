@@ -87,7 +87,7 @@ pub fn comm_string(raw: &[u8]) -> String {
 }
 
 /// Bytes a process moved since the previous poll.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcDelta {
     pub tgid: u32,
     pub read_bytes: u64,
@@ -95,6 +95,13 @@ pub struct ProcDelta {
     pub sent_bytes: u64,
     /// The part of the read bytes that came from mapped watched files.
     pub mmap_bytes: u64,
+    /// Lineage: watched bytes taken in, each file's bytes once per window
+    /// and at most what it holds on disk (mapped bytes included).
+    pub distinct_read_bytes: u64,
+    /// Weights taken in from derived files.
+    pub derived_read_bytes: u64,
+    /// Weights relayed in through pipes, FIFOs and sockets on this host.
+    pub relayed_bytes: u64,
     /// Cumulative totals since the sensor first counted the process.
     pub total: ProcCounters,
     pub exited: bool,
@@ -344,10 +351,18 @@ impl Collector {
                     .saturating_add(mapped),
                 sent_bytes: now.sent_bytes.saturating_sub(before.sent_bytes),
                 mmap_bytes: mapped,
+                distinct_read_bytes: now
+                    .distinct_read_bytes
+                    .saturating_sub(before.distinct_read_bytes)
+                    .saturating_add(mapped),
+                derived_read_bytes: now
+                    .derived_read_bytes
+                    .saturating_sub(before.derived_read_bytes),
+                relayed_bytes: now.relayed_bytes.saturating_sub(before.relayed_bytes),
                 total: now,
                 exited,
             };
-            let moved = delta.read_bytes + delta.sent_bytes > 0;
+            let moved = delta.read_bytes + delta.sent_bytes + delta.relayed_bytes > 0;
             if exited {
                 self.last_proc.remove(&tgid);
                 self.proc_active.remove(&tgid);

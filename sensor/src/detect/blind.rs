@@ -72,6 +72,7 @@ mod tests {
                 mmap_bytes: 0,
                 total: Default::default(),
                 exited: false,
+                ..Default::default()
             });
         }
         p

@@ -1,10 +1,17 @@
 //! Rule `read_then_send`, evaluated over a sliding window per actor: a
-//! process, a session (a shell pipeline shares one) or a container. Pure:
-//! activity in, alerts out; no I/O, no kernel, no clock of its own.
+//! process, a session (a shell pipeline shares one), a container, or a
+//! flow (the processes weights reached through derived files, pipes and
+//! local sockets, whatever their sessions or containers). Pure: activity
+//! in, alerts out; no I/O, no kernel, no clock of its own.
 //!
 //! An actor alerts when, within the window, it read at least
 //! `min_read_bytes` from watched files, sent at least `min_send_bytes` to
 //! untrusted destinations, and sent/read is at least `min_send_ratio`.
+//! Watched bytes are counted once per file and window, at most what the
+//! file holds on disk (the kernel's lineage accounting), so re-reading or a
+//! sparse watched file does not dilute the ratio. A flow's reads are the
+//! weights its senders took in (from watched files, derived files and
+//! relays): what reached a sender is judged against what it sent.
 //! One alert per actor per window; within the window it alerts again only
 //! when its untrusted bytes at least doubled since its last alert
 //! (escalation). A session or container alerts only when none of its
@@ -32,6 +39,10 @@ pub struct Activity {
     /// Container id, empty on the host.
     pub container: String,
     pub watched_read: u64,
+    /// Weights taken in from derived files and relays (lineage).
+    pub lineage_read: u64,
+    /// The flow it belongs to, when weights reached it through a carrier.
+    pub flow: Option<u64>,
     pub files: Vec<(InodeKey, u64)>,
     pub sends: Vec<(Endpoint, DestClass, u64)>,
 }
@@ -41,6 +52,7 @@ pub enum Scope {
     Process,
     Session,
     Container,
+    Flow,
 }
 
 impl Scope {
@@ -49,6 +61,7 @@ impl Scope {
             Scope::Process => "process",
             Scope::Session => "session",
             Scope::Container => "container",
+            Scope::Flow => "flow",
         }
     }
 }
@@ -59,6 +72,8 @@ pub enum ActorKey {
     Process(u32, u64),
     Session(u32),
     Container(String),
+    /// A flow, by the id the kernel gave it.
+    Flow(u64),
 }
 
 impl ActorKey {
@@ -67,6 +82,7 @@ impl ActorKey {
             ActorKey::Process(..) => Scope::Process,
             ActorKey::Session(_) => Scope::Session,
             ActorKey::Container(_) => Scope::Container,
+            ActorKey::Flow(_) => Scope::Flow,
         }
     }
 }
@@ -79,6 +95,8 @@ pub struct Alert {
     /// The process that sent the most untrusted bytes in the window.
     pub process: Identity,
     pub container: String,
+    /// The flow of a `Scope::Flow` alert.
+    pub flow: Option<u64>,
     pub window_s: u64,
     pub watched_read_bytes: u64,
     /// Bytes sent to untrusted destinations in the window.
@@ -101,6 +119,9 @@ struct Bucket {
     dests: HashMap<(Endpoint, DestClass), u64>,
     /// Untrusted bytes by process, to name the sender.
     senders: HashMap<u32, u64>,
+    /// Weights taken in by process (flows only: a flow's reads are its
+    /// senders' inputs).
+    inputs: HashMap<u32, u64>,
     pids: HashSet<u32>,
 }
 
@@ -156,7 +177,14 @@ impl ActorState {
     /// Adds one process's activity to the current bucket. `significant`:
     /// it read watched files or sent untrusted bytes (it is named and listed
     /// whatever the caps).
-    fn add(&mut self, a: &Activity, untrusted: u64, bucket_start: u64, significant: bool) {
+    fn add(
+        &mut self,
+        a: &Activity,
+        flow: bool,
+        untrusted: u64,
+        bucket_start: u64,
+        significant: bool,
+    ) {
         if self.buckets.back().is_none_or(|b| b.start != bucket_start) {
             self.buckets.push_back(Bucket {
                 start: bucket_start,
@@ -166,7 +194,14 @@ impl ActorState {
         let Some(b) = self.buckets.back_mut() else {
             return;
         };
-        b.watched_read = b.watched_read.saturating_add(a.watched_read);
+        if flow {
+            let input = a.watched_read.saturating_add(a.lineage_read);
+            if input > 0 {
+                add_to(&mut b.inputs, a.identity.tgid, input);
+            }
+        } else {
+            b.watched_read = b.watched_read.saturating_add(a.watched_read);
+        }
         b.untrusted_sent = b.untrusted_sent.saturating_add(untrusted);
         if significant || b.pids.len() < MAX_PIDS_PER_BUCKET {
             b.pids.insert(a.identity.tgid);
@@ -187,13 +222,42 @@ impl ActorState {
         self.container.clone_from(&a.container);
     }
 
+    /// Watched bytes read and untrusted bytes sent in the window. A flow
+    /// reads what its senders took in.
     fn sums(&self) -> (u64, u64) {
-        self.buckets.iter().fold((0, 0), |(r, s), b| {
+        let (read, sent) = self.buckets.iter().fold((0u64, 0u64), |(r, s), b| {
             (
                 r.saturating_add(b.watched_read),
                 s.saturating_add(b.untrusted_sent),
             )
-        })
+        });
+        let senders: HashSet<u32> = self
+            .buckets
+            .iter()
+            .flat_map(|b| b.senders.keys().copied())
+            .collect();
+        let inputs = self
+            .buckets
+            .iter()
+            .flat_map(|b| b.inputs.iter())
+            .filter(|(pid, _)| senders.contains(pid))
+            .fold(0u64, |r, (_, v)| r.saturating_add(*v));
+        (read.saturating_add(inputs), sent)
+    }
+
+    /// Whether anything in the window can make an alert.
+    fn holds_anything(&self) -> bool {
+        self.buckets
+            .iter()
+            .any(|b| b.watched_read > 0 || b.untrusted_sent > 0 || !b.inputs.is_empty())
+    }
+
+    /// Processes that sent untrusted bytes in the window.
+    fn senders(&self) -> HashSet<u32> {
+        self.buckets
+            .iter()
+            .flat_map(|b| b.senders.keys().copied())
+            .collect()
     }
 
     fn alerted_since(&self, t: u64) -> bool {
@@ -266,23 +330,25 @@ impl Detector {
         let mut rest = Vec::new();
         for a in activity {
             let untrusted = untrusted_bytes(a);
-            if a.watched_read == 0 && untrusted == 0 {
+            if a.watched_read == 0 && a.lineage_read == 0 && untrusted == 0 {
                 if !a.sends.is_empty() {
                     rest.push(a);
                 }
                 continue;
             }
             for key in actor_keys(a) {
+                let flow = key.scope() == Scope::Flow;
                 let state = self.actors.entry(key).or_default();
-                state.add(a, untrusted, bucket_start, true);
+                state.add(a, flow, untrusted, bucket_start, true);
             }
         }
         // After the actors this poll created, so a relay's loopback hop is
         // listed with the reader of its session whatever the order.
         for a in rest {
             for key in actor_keys(a) {
+                let flow = key.scope() == Scope::Flow;
                 if let Some(state) = self.actors.get_mut(&key) {
-                    state.add(a, 0, bucket_start, false);
+                    state.add(a, flow, 0, bucket_start, false);
                 }
             }
         }
@@ -334,8 +400,7 @@ impl Detector {
             // An actor is kept while its window holds something that can make
             // an alert (watched reads, untrusted sends), or a recent alert to
             // suppress repeats of; loopback chatter alone does not keep it.
-            let (read, sent) = s.sums();
-            (read > 0 || sent > 0) || s.alerted_since(horizon)
+            s.holds_anything() || s.alerted_since(horizon)
         });
     }
 
@@ -350,7 +415,12 @@ impl Detector {
         let horizon = now.saturating_sub(self.cfg.window.as_secs());
         let mut alerts = Vec::new();
         // Narrow scopes first, so wider ones can defer to them.
-        for scope in [Scope::Process, Scope::Session, Scope::Container] {
+        for scope in [
+            Scope::Process,
+            Scope::Session,
+            Scope::Container,
+            Scope::Flow,
+        ] {
             let keys: Vec<ActorKey> = self
                 .actors
                 .keys()
@@ -380,8 +450,19 @@ impl Detector {
     }
 
     /// Whether a process (or, for a container, a process or session) inside
-    /// this actor alerted within the window.
+    /// this actor alerted within the window; for a flow, whether any other
+    /// actor holding one of its senders did.
     fn explained_by_narrower(&self, key: &ActorKey, horizon: u64) -> bool {
+        if let ActorKey::Flow(_) = key {
+            let senders = self.actors[key].senders();
+            return self.actors.iter().any(|(k, s)| {
+                k.scope() != Scope::Flow
+                    && s.alerted_since(horizon)
+                    && s.buckets
+                        .iter()
+                        .any(|b| b.pids.iter().any(|p| senders.contains(p)))
+            });
+        }
         let inside = |other: &ActorKey, s: &ActorState| match (key, other) {
             (ActorKey::Session(sid), ActorKey::Process(..)) => s.sessions.contains(sid),
             (ActorKey::Container(c), ActorKey::Process(..) | ActorKey::Session(_)) => {
@@ -448,6 +529,10 @@ impl Detector {
             scope: key.scope(),
             process,
             container: state.container.clone(),
+            flow: match key {
+                ActorKey::Flow(f) => Some(*f),
+                _ => None,
+            },
             window_s: self.cfg.window.as_secs(),
             watched_read_bytes: read,
             sent_bytes: sent,
@@ -476,6 +561,9 @@ fn actor_keys(a: &Activity) -> Vec<ActorKey> {
     }
     if !a.container.is_empty() {
         keys.push(ActorKey::Container(a.container.clone()));
+    }
+    if let Some(flow) = a.flow {
+        keys.push(ActorKey::Flow(flow));
     }
     keys
 }
@@ -525,6 +613,8 @@ mod tests {
             identity: id(tgid, sid),
             container: String::new(),
             watched_read: read,
+            lineage_read: 0,
+            flow: None,
             files: if read > 0 {
                 vec![(
                     InodeKey {

@@ -16,7 +16,10 @@ use std::{
 
 use sensor_common::InodeKey;
 
-use crate::kernel::watch::inode_key;
+use crate::{
+    kernel::{lineage::Source, watch::inode_key},
+    util::sysinfo,
+};
 
 #[derive(Default)]
 pub struct PathCache {
@@ -197,6 +200,49 @@ impl PathCache {
                 inode.ino
             )
         })
+    }
+}
+
+impl PathCache {
+    /// What a lineage hop took its bytes from, as a path or an address.
+    pub fn source(&self, source: &Source) -> String {
+        match source {
+            Source::Watched(inode) => self.path(inode),
+            Source::Node {
+                key,
+                parts,
+                complete,
+            } => node_path(key, parts, *complete),
+            Source::Unix => "unix".into(),
+            Source::Inet(ip, port) => std::net::SocketAddr::new(*ip, *port).to_string(),
+            Source::Unknown => "unknown".into(),
+        }
+    }
+}
+
+/// A derived file's (or FIFO's) path from the components the kernel kept:
+/// the mount point of its device, then its path inside that file system.
+/// An anonymous pipe is `pipe:[INODE]`.
+fn node_path(key: &InodeKey, parts: &[String], complete: bool) -> String {
+    if parts.is_empty() || parts.iter().any(|p| p.starts_with("pipe:")) {
+        return format!("pipe:[{}]", key.ino);
+    }
+    let inside: Vec<&str> = parts.iter().rev().map(String::as_str).collect();
+    let inside = inside.join("/");
+    if !complete {
+        return format!(".../{inside}");
+    }
+    match sysinfo::mount_of(key.dev) {
+        Some((point, root)) => {
+            let inside = format!("/{inside}");
+            let rel = match inside.strip_prefix(root.trim_end_matches('/')) {
+                Some(rest) if root != "/" => rest.to_string(),
+                _ => inside,
+            };
+            let point = point.display().to_string();
+            format!("{}{}", point.trim_end_matches('/'), rel)
+        }
+        None => format!("{}:{}:/{inside}", key.dev >> 20, key.dev & 0xfffff),
     }
 }
 

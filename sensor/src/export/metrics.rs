@@ -21,6 +21,7 @@ use crate::{collect::Poll, enrich::label::Labelled, export::labels::LabelFolder}
 pub struct Metrics {
     pub registry: Registry,
     file_read: IntCounterVec,
+    relayed: IntCounterVec,
     socket_send: IntCounterVec,
     alerts: IntCounterVec,
     pub sink_errors: IntCounterVec,
@@ -72,8 +73,13 @@ impl Metrics {
         };
         let file_read = counter_vec(
             "sensor_file_read_bytes_total",
-            "Bytes read from regular files, by watched (weights) or not.",
+            "Bytes read from regular files, by watched: true (weights), derived (weights a holder wrote into another file: copies, archives, tmpfs staging; counted once per window, at most what the writer held), false.",
             &["comm", "container", "watched"],
+        )?;
+        let relayed = counter_vec(
+            "sensor_relayed_bytes_total",
+            "Bytes of weights relayed to a process through pipes, FIFOs, UNIX sockets and inet connections on this host.",
+            &["comm", "container"],
         )?;
         let socket_send = counter_vec(
             "sensor_socket_send_bytes_total",
@@ -190,6 +196,7 @@ impl Metrics {
         Ok(Self {
             registry,
             file_read,
+            relayed,
             socket_send,
             alerts,
             sink_errors,
@@ -247,11 +254,27 @@ impl Metrics {
             }
         };
         for p in &poll.procs {
-            if p.read_bytes == 0 {
+            if p.read_bytes + p.relayed_bytes == 0 {
                 continue;
             }
             let (comm, container) = labels_of(p.tgid, &mut self.comms);
-            let unwatched = p.read_bytes.saturating_sub(p.watched_read_bytes);
+            if p.relayed_bytes > 0 {
+                self.relayed
+                    .with_label_values(&[&comm, &container])
+                    .inc_by(p.relayed_bytes);
+            }
+            let derived = p
+                .derived_read_bytes
+                .min(p.read_bytes.saturating_sub(p.watched_read_bytes));
+            if derived > 0 {
+                self.file_read
+                    .with_label_values(&[&comm, &container, "derived"])
+                    .inc_by(derived);
+            }
+            let unwatched = p
+                .read_bytes
+                .saturating_sub(p.watched_read_bytes)
+                .saturating_sub(derived);
             if p.watched_read_bytes > 0 {
                 self.file_read
                     .with_label_values(&[&comm, &container, "true"])
@@ -397,6 +420,7 @@ mod tests {
             mmap_bytes: 0,
             total: ProcCounters::default(),
             exited: false,
+            ..Default::default()
         });
         let ep = crate::collect::endpoint::Endpoint::from_kernel(
             AF_INET,

@@ -147,6 +147,9 @@ pub struct LoadOptions {
     pub processes: u32,
     /// `/sys/kernel/btf/vmlinux` unless configured (`--btf-path`).
     pub btf: PathBuf,
+    /// The detection window: what a process takes from one file counts
+    /// once per window (see `RuntimeConfig::epoch_ns`).
+    pub epoch: std::time::Duration,
 }
 
 /// The loaded and attached sensor. Dropping it detaches every program.
@@ -157,13 +160,16 @@ pub struct Sensor {
     attached: Vec<(Hook, u32)>,
     generation: u32,
     any_ext_mask: u64,
+    epoch_ns: u64,
+    /// Watched files user space put in `WATCHED_FILES` at start.
+    seeded_files: u64,
 }
 
 impl Sensor {
     /// Loads the programs, fills the watch tables and attaches everything.
     pub fn load(watch: &WatchSet, opts: &LoadOptions) -> anyhow::Result<Self> {
         let (mut ebpf, resolved) = open(opts)?;
-        fill_watch_tables(&mut ebpf, watch)?;
+        let seeded_files = fill_watch_tables(&mut ebpf, watch)?;
         reserve_overflow(&mut ebpf)?;
         let probes = attach_all(&mut ebpf, &resolved, &opts.btf)?;
         if let Some(failed) = probes
@@ -195,6 +201,8 @@ impl Sensor {
             attached,
             generation: 0,
             any_ext_mask: watch.any_ext_mask,
+            epoch_ns: opts.epoch.as_nanos().min(u64::MAX as u128) as u64,
+            seeded_files,
         };
         sensor.bump_generation()?;
         Ok(sensor)
@@ -206,6 +214,7 @@ impl Sensor {
         let opts = LoadOptions {
             processes: names::DEFAULT_MAX_PROCS,
             btf: PathBuf::from(crate::config::VMLINUX_BTF),
+            epoch: std::time::Duration::ZERO,
         };
         let (mut ebpf, resolved) = open(&opts)?;
         attach_all(&mut ebpf, &resolved, &opts.btf)
@@ -247,6 +256,7 @@ impl Sensor {
             generation: self.generation,
             _pad: 0,
             any_ext_mask: self.any_ext_mask,
+            epoch_ns: self.epoch_ns,
         }
     }
 
@@ -260,6 +270,7 @@ impl Sensor {
             generation: self.generation,
             _pad: 0,
             any_ext_mask: self.any_ext_mask,
+            epoch_ns: self.epoch_ns,
         };
         rt.set(0, value, 0).context("writing RUNTIME")?;
         Ok(())
@@ -278,6 +289,9 @@ impl Sensor {
                 sum.watched_read_ops += c.watched_read_ops;
                 sum.sent_bytes += c.sent_bytes;
                 sum.send_ops += c.send_ops;
+                sum.distinct_read_bytes += c.distinct_read_bytes;
+                sum.derived_read_bytes += c.derived_read_bytes;
+                sum.relayed_bytes += c.relayed_bytes;
                 sum.born_ns = sum.born_ns.max(c.born_ns);
             },
         )
@@ -374,6 +388,26 @@ impl Sensor {
         remove_per_cpu::<FileKey, u64>(ebpf, names::FILE_STATS, files)?;
         remove::<u32, ExecInfo>(ebpf, names::EXEC_INFO, tgids)?;
         remove::<MmapKey, MmapInfo>(ebpf, names::WATCHED_MMAPS, mmaps)
+    }
+}
+
+impl Sensor {
+    /// One value of the (LRU) hash map `name`.
+    pub fn lookup<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: &K) -> Option<V> {
+        let m: HashMap<&MapData, K, V> = HashMap::try_from(map(&self.ebpf, name).ok()?).ok()?;
+        m.get(key, 0).ok()
+    }
+
+    /// How many keys the hash map `name` holds now.
+    pub fn count_keys<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> anyhow::Result<u64> {
+        let m: HashMap<&MapData, K, V> = HashMap::try_from(map(&self.ebpf, name)?)?;
+        Ok(m.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    /// Files user space put in `WATCHED_FILES` at start (with the kernel's
+    /// own count of entries it made, what left the map is known).
+    pub fn seeded_files(&self) -> u64 {
+        self.seeded_files
     }
 }
 
@@ -593,7 +627,8 @@ fn reserve_overflow(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fill_watch_tables(ebpf: &mut Ebpf, watch: &WatchSet) -> anyhow::Result<()> {
+/// Fills the watch tables; returns how many files were put in `WATCHED_FILES`.
+fn fill_watch_tables(ebpf: &mut Ebpf, watch: &WatchSet) -> anyhow::Result<u64> {
     {
         let mut exts: HashMap<&mut MapData, ExtKey, u64> =
             HashMap::try_from(map_mut(ebpf, names::WATCH_EXTS)?)?;
@@ -626,7 +661,7 @@ fn fill_watch_tables(ebpf: &mut Ebpf, watch: &WatchSet) -> anyhow::Result<()> {
             .context("adding a watched file to WATCHED_FILES")?;
     }
     tracing::debug!(files = found.len(), "watched files seeded by inode");
-    Ok(())
+    Ok(found.len() as u64)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
@@ -703,6 +738,13 @@ mod tests {
             (names::RUNTIME, names::RUNTIME_SIZE),
             (names::COUNTERS, names::COUNTERS_SIZE),
             (names::LAST_FILE, names::LAST_FILE_SIZE),
+            (names::HOLDINGS, names::HOLDINGS_SIZE),
+            (names::CARRIERS, names::CARRIERS_SIZE),
+            (names::SOCKET_CARRIERS, names::SOCKET_CARRIERS_SIZE),
+            (names::TAKEN, names::TAKEN_SIZE),
+            (names::CARRIER_PATHS, names::CARRIER_PATHS_SIZE),
+            (names::PATH_SCRATCH, names::PATH_SCRATCH_SIZE),
+            (names::LINEAGE_GEN, names::LINEAGE_GEN_SIZE),
         ] {
             let map = obj
                 .maps

@@ -2,6 +2,7 @@
 //! this kernel's struct offsets, the watch tables, reading and pruning the
 //! maps, privileges, and watching the programs for tampering.
 
+pub mod lineage;
 pub mod loader;
 pub mod offsets;
 pub mod privilege;

@@ -164,11 +164,39 @@ pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
         socket_sk: r.member("socket", &["sk"], 8)?,
         features,
         io_uring_tp,
+        sk_rcv_saddr: r.member("sock", &["__sk_common", "skc_rcv_saddr"], 4)?,
+        sk_num: r.member("sock", &["__sk_common", "skc_num"], 2)?,
+        sk_v6_rcv_saddr: r.member("sock", &["__sk_common", "skc_v6_rcv_saddr"], 16)?,
+        // Built into every distribution kernel; as a module its type is not
+        // in vmlinux BTF and UNIX relays are then not followed (`check` says so).
+        unix_peer: r.member("unix_sock", &["peer"], 8).unwrap_or(0),
+        sb_magic: r.member("super_block", &["s_magic"], 8)?,
+        inode_state: r.member("inode", &["i_state"], 0)?,
+        dirty_pages_flag: r
+            .enum_value("inode_state_flags_t", "I_DIRTY_PAGES")
+            .unwrap_or_else(|_| dirty_pages_define()),
+        _pad1: 0,
     };
     Ok(Resolved {
         offsets,
         io_uring_missing: io_uring.err().map(|e| e.to_string()),
     })
+}
+
+/// `I_DIRTY_PAGES` where fs.h defines it as a macro (not in BTF): `1 << 5`
+/// since the i_state bits were reordered in 6.12, `1 << 2` before. Later
+/// kernels name it in `enum inode_state_flags_t`.
+fn dirty_pages_define() -> u32 {
+    let release = crate::util::sysinfo::kernel_release();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version >= (6, 12) {
+        1 << 5
+    } else {
+        1 << 2
+    }
 }
 
 struct Resolver<'a> {

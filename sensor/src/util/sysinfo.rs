@@ -56,3 +56,37 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         left.split_whitespace().nth(4).map(PathBuf::from)
     })
 }
+
+/// Where the file system of device `dev` (the kernel's `major << 20 | minor`)
+/// is mounted, and the directory of that file system mounted there (`/`
+/// unless a subdirectory is bind-mounted), from this mount namespace.
+pub fn mount_of(dev: u32) -> Option<(PathBuf, String)> {
+    let want = format!("{}:{}", dev >> 20, dev & 0xfffff);
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_, _, devno, root, point) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        (devno == want).then(|| (PathBuf::from(unescape(point)), unescape(root)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
