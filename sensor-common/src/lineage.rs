@@ -76,15 +76,31 @@ pub struct Holding {
     pub flow: u64,
     /// The original weights file of the flow.
     pub origin: InodeKey,
-    /// Where its first weights came from.
+    /// Where most of its weights came from (the hop an alert names).
     pub src: CarrierKey,
     /// Bytes taken from `src`.
     pub src_bytes: u64,
     /// The first writer of `src` (0 for a watched file).
     pub src_writer: u32,
-    pub _pad: u32,
+    /// `HOLDING_*` flags.
+    pub flags: u32,
     pub comm: [u8; 16],
+    /// The runner-up source: when it has given more than `src`, the two
+    /// swap (and, swapping to a carrier, the carrier's flow becomes the
+    /// holder's). A process that
+    /// first read a few KiB of a watched `*.pth` and then took a model
+    /// through a pipe is named, and judged, by the pipe.
+    pub alt: CarrierKey,
+    pub alt_bytes: u64,
+    pub alt_writer: u32,
+    pub _pad: u32,
 }
+
+/// `Holding::flags`: its last thread exited (the holding stays while a
+/// chain may name it, but a process reusing the tgid does not inherit it).
+pub const HOLDING_EXITED: u32 = 1;
+/// `Holding::flags`: it wrote or sent into a carrier (kept after exit).
+pub const HOLDING_WROTE: u32 = 2;
 
 /// Bytes a process already took from one carrier (or watched file).
 #[repr(C)]
@@ -162,7 +178,7 @@ pub fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 const _: () = {
     assert!(core::mem::size_of::<CarrierKey>() == 16);
     assert!(core::mem::size_of::<Carrier>() == 72);
-    assert!(core::mem::size_of::<Holding>() == 80);
+    assert!(core::mem::size_of::<Holding>() == 112);
     assert!(core::mem::size_of::<TakenKey>() == 24);
     assert!(core::mem::size_of::<Taken>() == 16);
     assert!(core::mem::size_of::<CarrierPath>() == 200);

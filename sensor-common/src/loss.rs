@@ -47,7 +47,7 @@ pub enum Loss {
     /// (LRU); what it writes or sends afterwards carries nothing, and
     /// lineage hops through it are no longer named.
     HoldingEvicted = 11,
-    /// Found by user space: a carrier (derived file, pipe, socket) left
+    /// Found by user space: a carrier (derived file, pipe, FIFO) left
     /// `CARRIERS` (LRU); reading it afterwards counts as plain bytes.
     CarrierEvicted = 12,
     /// Found by user space: a (process, carrier) record of bytes already
@@ -56,11 +56,15 @@ pub enum Loss {
     /// Found by user space: a watched inode left `WATCHED_FILES` (LRU);
     /// under a name outside the watch set it is no longer watched.
     WatchedFileEvicted = 14,
+    /// Found by user space: a socket carrier left `SOCKET_CARRIERS` (LRU;
+    /// routine when a holder talks to many peers: the least recently used
+    /// connections go first).
+    SocketCarrierEvicted = 15,
 }
 
 impl Loss {
     /// How many reasons there are: the loss slots are `0..COUNT`.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in slot order.
     pub const ALL: [Loss; Loss::COUNT] = [
@@ -79,6 +83,7 @@ impl Loss {
         Loss::CarrierEvicted,
         Loss::TakenEvicted,
         Loss::WatchedFileEvicted,
+        Loss::SocketCarrierEvicted,
     ];
 
     /// The `reason` label of `sensor_lost_events_total`.
@@ -99,6 +104,7 @@ impl Loss {
             Loss::CarrierEvicted => "carrier_evicted",
             Loss::TakenEvicted => "taken_evicted",
             Loss::WatchedFileEvicted => "watched_file_evicted",
+            Loss::SocketCarrierEvicted => "socket_carrier_evicted",
         }
     }
 
@@ -126,11 +132,15 @@ pub enum Count {
     CarriersMade,
     TakenMade,
     WatchedFilesMade,
+    SocketCarriersMade,
+    /// Holdings the kernel removed itself (a holder that passed nothing on
+    /// exited): not evictions.
+    HoldingsForgotten,
 }
 
 impl Count {
     /// How many counts there are.
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 7;
 
     /// Its slot in `COUNTERS`.
     pub const fn slot(self) -> u32 {
@@ -152,7 +162,7 @@ const _: () = {
         assert!(Loss::ALL[i].index() == i);
         i += 1;
     }
-    assert!(Count::WatchedFilesMade.index() + 1 == COUNTER_SLOTS);
+    assert!(Count::HoldingsForgotten.index() + 1 == COUNTER_SLOTS);
 };
 
 #[cfg(test)]
@@ -180,6 +190,7 @@ mod tests {
                 "carrier_evicted",
                 "taken_evicted",
                 "watched_file_evicted",
+                "socket_carrier_evicted",
             ]
         );
     }

@@ -76,11 +76,15 @@ pub const LAST_FILE: &str = "LAST_FILE";
 /// Room to build an `ExecInfo` (`PerCpuArray<ExecInfo>`, kernel only).
 pub const EXEC_SCRATCH: &str = "EXEC_SCRATCH";
 
+/// Room to build a `Holding` (`PerCpuArray<Holding>`, kernel only).
+pub const HOLD_SCRATCH: &str = "HOLD_SCRATCH";
+/// `HOLD_SCRATCH` holds one `Holding` per CPU.
+pub const HOLD_SCRATCH_SIZE: u32 = 1;
 /// Room to build a `CarrierPath` (`PerCpuArray<CarrierPath>`, kernel only).
 pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
 
 /// Every map of the eBPF object.
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 25] = [
     PROC_STATS,
     PROC_SPILL,
     PROC_INFO,
@@ -104,6 +108,7 @@ pub const ALL: [&str; 24] = [
     TAKEN,
     CARRIER_PATHS,
     PATH_SCRATCH,
+    HOLD_SCRATCH,
     LINEAGE_GEN,
 ];
 

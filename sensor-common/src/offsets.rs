@@ -91,6 +91,15 @@ pub struct Offsets {
     /// `inode.i_state`, and its `I_DIRTY_PAGES` bit on this kernel
     pub inode_state: u32,
     pub dirty_pages_flag: u32,
+    /// `sock.sk_type` (0: datagram receivers are not matched by port)
+    pub sk_type: u32,
+    /// ext4's delayed allocation: `ext4_inode_info.i_reserved_data_blocks`
+    /// minus `ext4_inode_info.vfs_inode` (from the `struct inode`, may be
+    /// negative: an `i32` in two's complement), and `super_block.s_blocksize`.
+    /// `ext4_delalloc` is 0 when ext4's types are not in vmlinux BTF.
+    pub ext4_reserved: u32,
+    pub sb_blocksize: u32,
+    pub ext4_delalloc: u32,
     pub _pad1: u32,
 }
 
@@ -161,8 +170,12 @@ impl Offsets {
         sb_magic: 0,
         inode_state: 0,
         dirty_pages_flag: 0,
+        sk_type: 0,
+        ext4_reserved: 0,
+        sb_blocksize: 0,
+        ext4_delalloc: 0,
         _pad1: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 200);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 216);

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod fake_container;
 pub mod netns;
 pub mod scenario;
 pub mod scrape;

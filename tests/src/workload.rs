@@ -147,15 +147,21 @@ impl Sink {
             .unwrap_or_else(|| panic!("sink address {} has no port", self.addr))
     }
 
-    pub fn finish(mut self) -> u64 {
+    pub fn finish(self) -> u64 {
+        self.report()
+            .get("received_bytes")
+            .and_then(serde_json::Value::as_u64)
+            .expect("received_bytes")
+    }
+
+    /// Waits for it to end; its whole report (a proxy's pid and
+    /// `crossed_ms` too).
+    pub fn report(mut self) -> serde_json::Value {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut self.reader, &mut rest);
         let status = self.child.wait().expect("wait sink");
         assert!(status.success(), "sink failed: {status}");
         parse(&rest)
-            .get("received_bytes")
-            .and_then(serde_json::Value::as_u64)
-            .expect("received_bytes")
     }
 }
 

@@ -15,6 +15,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
+    fake_container::FakeContainer,
     scenario::{Rule, Scenario, Scene, To, Workload},
     workload,
 };
@@ -401,50 +402,6 @@ fn attack_untrusted_alongside_trusted_traffic() {
         .filter_map(|d| d["class"].as_str())
         .collect();
     assert!(classes.contains(&"trusted"), "{a}");
-}
-
-/// A fake container: a cgroup named the way containerd's systemd driver
-/// names one; the reader and the sender share nothing but it.
-struct FakeContainer {
-    slice: PathBuf,
-    scope: PathBuf,
-    id: String,
-}
-
-impl FakeContainer {
-    fn new() -> FakeContainer {
-        let root = tests::cgroup2_root();
-        let id: String = format!("{:016x}", std::process::id() as u64 * 0x9e37_79b9).repeat(4);
-        let slice = root.join(format!("sensor-test-{}.slice", std::process::id()));
-        let scope = slice.join(format!("cri-containerd-{id}.scope"));
-        std::fs::create_dir_all(&scope).expect("creating the fake container's cgroup");
-        FakeContainer { slice, scope, id }
-    }
-
-    /// `sh -c 'echo $$ > cgroup.procs; exec setsid -w PROG ARGS'`.
-    fn run(&self, comm: &str, args: &[&str]) -> Value {
-        let prog = workload::program(comm);
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec setsid -w {} {}",
-            self.scope.display(),
-            prog.display(),
-            args.join(" ")
-        );
-        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{comm}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
-    }
-}
-
-impl Drop for FakeContainer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.scope);
-        let _ = std::fs::remove_dir(&self.slice);
-    }
 }
 
 #[test]

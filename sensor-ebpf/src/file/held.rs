@@ -1,9 +1,11 @@
 //! What a watched file holds on disk, the most its reads can credit: the
 //! bytes of its allocated blocks (a sparse file read end to end adds only
-//! what it really stores), plus its page cache while it has dirty pages (a
-//! file just written, its blocks not yet allocated). File systems that do
-//! not keep block counts for their inodes (overlayfs, FUSE, network file
-//! systems) are credited with the file's size.
+//! what it really stores), and of the blocks ext4 reserved for it (a file
+//! just written, its blocks not yet allocated: delayed allocation). On
+//! xfs, btrfs and f2fs, whose reservations are not in vmlinux BTF, a file
+//! with dirty pages is credited with its page cache instead. File systems
+//! that do not keep block counts for their inodes (overlayfs, FUSE, network
+//! file systems) are credited with the file's size.
 
 use sensor_common::Loss;
 
@@ -28,6 +30,19 @@ pub fn held_bytes(inode: *const u8) -> Result<u64, Loss> {
     }
     let blocks: u64 = read(inode, off!(inode_blocks))?;
     let mut held = blocks.saturating_mul(512);
+    if magic == EXT4 && off!(ext4_delalloc) != 0 {
+        // `i_reserved_data_blocks` sits at a signed offset from the inode.
+        let rel = off!(ext4_reserved) as u32 as i32 as isize as usize;
+        let reserved: u32 = read(inode, rel)?;
+        let block: u64 = read(sb, off!(sb_blocksize))?;
+        // (A block is at most 64 KiB: no overflow.)
+        held = held.saturating_add(reserved as u64 * (block & 0xf_ffff));
+        return Ok(held.min(size));
+    }
+    if magic == TMPFS {
+        // Charged when written.
+        return Ok(held.min(size));
+    }
     let state: u32 = read(inode, off!(inode_state))?;
     if state & off!(dirty_pages_flag) as u32 != 0 {
         let mapping = read_ptr(inode, off!(inode_mapping))?;

@@ -7,16 +7,17 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::LruHashMap};
 use sensor_common::{
-    lineage::{CarrierKey, VIA_READ},
+    lineage::{CarrierKey, VIA_FILE, VIA_READ},
     maps, Count, Loss, MmapInfo, MmapKey,
 };
 
 use super::{fd, held, watch};
 use crate::{
-    lineage::holding,
+    lineage::{carrier, holding},
     process::stats,
     runtime::{
-        kernel::{off, read},
+        atomic,
+        kernel::{off, read, read_ptr},
         loss,
     },
 };
@@ -32,6 +33,19 @@ pub fn record(file: *const u8, addr: u64, len: u64) -> Result<(), Loss> {
         return Ok(());
     };
     if !watch::is_watched(file, &key)? {
+        // A derived file mapped: its weights are in the process's hands.
+        let src = CarrierKey {
+            via: VIA_FILE,
+            dev: key.dev,
+            id: key.ino,
+        };
+        if carrier::is_file_carrier(&src) {
+            let tgid = stats::current_tgid();
+            let c = stats::counters_of(tgid)?;
+            let gain = carrier::read_from(tgid, src, len);
+            // SAFETY: this CPU's slot of a per-CPU entry.
+            atomic::add(unsafe { &raw mut (*c).derived_read_bytes }, gain);
+        }
         return Ok(());
     }
     let size: i64 = read(inode, off!(inode_size))?;
@@ -57,7 +71,8 @@ pub fn record(file: *const u8, addr: u64, len: u64) -> Result<(), Loss> {
         dev: key.dev,
         id: key.ino,
     };
-    holding::take(tgid, src, len, held::held_bytes(inode)?, None);
+    let dentry = read_ptr(file, off!(file_dentry))?;
+    holding::take(tgid, src, len, held::held_bytes(inode)?, None, Some(dentry));
     let info = MmapInfo {
         dev: key.dev,
         _pad: 0,

@@ -196,7 +196,8 @@ pub fn count_file_read(file: *const u8, bytes: u64) -> Result<(), Loss> {
             id: key.ino,
         };
         let cap = held::held_bytes(last.inode as *const u8)?;
-        let gain = holding::take(tgid, src, bytes, cap, None);
+        let dentry = read_ptr(file, off!(file_dentry))?;
+        let gain = holding::take(tgid, src, bytes, cap, None, Some(dentry));
         // SAFETY: as above.
         atomic::add(unsafe { &raw mut (*c).distinct_read_bytes }, gain);
     } else if last.derived != 0 {
@@ -232,7 +233,11 @@ fn relayed(file: *const u8, last: &LastFile, bytes: u64) -> Result<(), Loss> {
         if gain == 0 && key.via == VIA_LOOPBACK && key.dev == INET_CONN {
             // A connected datagram socket whose sender was not connected
             // (the sender marked the receiving port).
-            carrier::read_from(tgid, carrier::port_in::<Probe>(sk)?, bytes)
+            if carrier::is_datagram::<Probe>(sk)? {
+                carrier::read_from(tgid, carrier::port_in::<Probe>(sk)?, bytes)
+            } else {
+                0
+            }
         } else {
             gain
         }

@@ -8,13 +8,16 @@ use aya_ebpf::{
 };
 use sensor_common::{
     lineage::{
-        conn_hash, is_v4_mapped, v4_mapped, Carrier, CarrierKey, Holding, INET_CONN, INET_PORT,
+        conn_hash, is_v4_mapped, v4_mapped, Carrier, CarrierKey, INET_CONN, INET_PORT,
         VIA_FILE, VIA_LOOPBACK, VIA_PIPE, VIA_UNIX,
     },
     maps, Count, Loss, AF_INET, AF_INET6, AF_UNIX,
 };
 
-use super::{holding, path};
+use super::{
+    holding::{self, Held},
+    path,
+};
 use crate::runtime::{
     atomic,
     kernel::{off, read, read_ptr, Mem, S_IFIFO, S_IFMT, S_IFREG},
@@ -112,9 +115,23 @@ fn norm(a: [u8; 16]) -> [u8; 16] {
     a
 }
 
+/// `SOCK_DGRAM`: only datagram sockets are matched by port alone.
+const SOCK_DGRAM: u16 = 2;
+
+/// Whether `sk` is a datagram socket (false where the kernel's `sk_type`
+/// could not be resolved: no port matching then).
+#[inline(always)]
+pub fn is_datagram<M: Mem>(sk: *const u8) -> Result<bool, Loss> {
+    if off!(sk_type) == 0 {
+        return Ok(false);
+    }
+    let ty: u16 = M::get(sk, off!(sk_type))?;
+    Ok(ty == SOCK_DGRAM)
+}
+
 /// The carrier a receiving socket `sk` reads from: its UNIX peer's sends
 /// are keyed by it; an inet socket by its connection, or by its port when
-/// it has no remote end (an unconnected datagram socket).
+/// it is an unconnected datagram socket (it knows no remote end).
 #[inline(always)]
 pub fn sock_in<M: Mem>(sk: *const u8) -> Result<Option<CarrierKey>, Loss> {
     let family: u16 = M::get(sk, off!(sk_family))?;
@@ -127,6 +144,9 @@ pub fn sock_in<M: Mem>(sk: *const u8) -> Result<Option<CarrierKey>, Loss> {
         AF_INET | AF_INET6 => {
             let (local, lport, remote, rport) = inet_ends::<M>(sk, family)?;
             if rport == 0 {
+                if !is_datagram::<M>(sk)? {
+                    return Ok(None);
+                }
                 return Ok(Some(CarrierKey {
                     via: VIA_LOOPBACK,
                     dev: INET_PORT,
@@ -163,11 +183,11 @@ pub fn is_file_carrier(key: &CarrierKey) -> bool {
 
 /// A holder sent `bytes` on `sk` (remote end `to`, `port`, already
 /// resolved by the send counter for unconnected datagrams): the receiving
-/// end carries them. For inet both the connection and the receiving port
-/// are marked (the receiver may be an unconnected datagram socket).
+/// end carries them. An inet connection is marked by its two ends; a
+/// datagram also by the receiving port (the receiver may be unconnected).
 #[inline(always)]
 pub fn sent<M: Mem>(
-    h: &Holding,
+    h: &Held,
     tgid: u32,
     sk: *const u8,
     family: u16,
@@ -204,12 +224,14 @@ pub fn sent<M: Mem>(
                 id: conn_hash(&norm(local), lport, &norm(to), port),
             };
             put(conn, h, tgid, bytes, to, port, None);
-            let by_port = CarrierKey {
-                via: VIA_LOOPBACK,
-                dev: INET_PORT,
-                id: port as u64,
-            };
-            put(by_port, h, tgid, bytes, to, port, None);
+            if is_datagram::<M>(sk)? {
+                let by_port = CarrierKey {
+                    via: VIA_LOOPBACK,
+                    dev: INET_PORT,
+                    id: port as u64,
+                };
+                put(by_port, h, tgid, bytes, to, port, None);
+            }
         }
         _ => {}
     }
@@ -219,7 +241,7 @@ pub fn sent<M: Mem>(
 /// A holder wrote `bytes` into the file or pipe `key` (`dentry` names a
 /// regular file, for its path).
 #[inline(always)]
-pub fn written(key: CarrierKey, h: &Holding, tgid: u32, bytes: u64, dentry: *const u8) {
+pub fn written(key: CarrierKey, h: &Held, tgid: u32, bytes: u64, dentry: *const u8) {
     put(key, h, tgid, bytes, [0; 16], 0, Some(dentry));
 }
 
@@ -228,7 +250,7 @@ pub fn written(key: CarrierKey, h: &Holding, tgid: u32, bytes: u64, dentry: *con
 #[inline(always)]
 fn put(
     key: CarrierKey,
-    h: &Holding,
+    h: &Held,
     tgid: u32,
     bytes: u64,
     addr: [u8; 16],
@@ -236,6 +258,7 @@ fn put(
     dentry: Option<*const u8>,
 ) {
     let map = map_of(&key);
+    holding::wrote(tgid);
     if let Some(c) = map.get_ptr_mut(&key) {
         // SAFETY: a map value; two writers racing may lose an increment
         // (the carrier then holds a little less): harmless.
@@ -261,7 +284,12 @@ fn put(
     if map.insert(&key, &c, BPF_NOEXIST as u64).is_err() {
         return;
     }
-    loss::count(Count::CarriersMade);
+    let sockets = key.via == VIA_UNIX || key.via == VIA_LOOPBACK;
+    loss::count(if sockets {
+        Count::SocketCarriersMade
+    } else {
+        Count::CarriersMade
+    });
     let slot = if key.via == VIA_FILE {
         GEN_FILES
     } else {
@@ -287,5 +315,5 @@ pub fn read_from(tgid: u32, key: CarrierKey, bytes: u64) -> u64 {
     if c.writer == tgid {
         return 0;
     }
-    holding::take(tgid, key, bytes, c.bytes, Some(&c))
+    holding::take(tgid, key, bytes, c.bytes, Some(&c), None)
 }

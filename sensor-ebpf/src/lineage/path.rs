@@ -22,6 +22,15 @@ static CARRIER_PATHS: LruHashMap<CarrierKey, CarrierPath> =
 static PATH_SCRATCH: PerCpuArray<CarrierPath> =
     PerCpuArray::with_max_entries(maps::PATH_SCRATCH_SIZE, 0);
 
+/// Records the path of `dentry` for `key` unless one is recorded.
+#[inline(always)]
+pub fn record_once(key: &CarrierKey, dentry: *const u8) {
+    // SAFETY: only the presence is used.
+    if unsafe { CARRIER_PATHS.get(key) }.is_none() {
+        record(key, dentry);
+    }
+}
+
 /// Records the path of `dentry` for the new derived file `key`.
 #[inline(always)]
 pub fn record(key: &CarrierKey, dentry: *const u8) {

@@ -73,12 +73,16 @@ pub struct AlertJson {
     pub top_files: Vec<FileJson>,
     pub destinations: Vec<DestinationJson>,
     pub pids: Vec<u32>,
-    /// Scope `flow`: the hops from the original weights file to the sender.
+    /// The hops from the original weights file to the sender (one, `read`,
+    /// when it read them itself; absent when the kernel kept no holding).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<HopJson>,
-    /// Scope `flow`: the weights files the flow started from.
+    /// The weights files its lineage started from.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub origin_files: Vec<String>,
+    /// Scope `flow`: the flow's id (hex), the same in every alert of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
 }
 
 /// Where the alert happened, beyond what the detector knows.
@@ -89,7 +93,7 @@ pub struct Context<'a> {
     pub pod: String,
     pub namespace: String,
     pub paths: &'a PathCache,
-    /// The sender's lineage (flow alerts), origin first.
+    /// The sender's lineage, origin first.
     pub lineage: Vec<Hop>,
 }
 
@@ -136,6 +140,7 @@ impl AlertJson {
                 .collect(),
             pids: a.pids.clone(),
             origin_files: origin_files(&ctx.lineage, ctx.paths),
+            flow: a.flow.map(|f| format!("{f:016x}")),
             lineage: ctx
                 .lineage
                 .iter()

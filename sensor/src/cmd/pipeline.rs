@@ -51,9 +51,9 @@ pub struct Pipeline {
     /// The flow of each live process weights reached through a carrier.
     flows: HashMap<u32, u64>,
     polls: u64,
-    /// Lineage map entries found lost so far (holdings, carriers, taken,
-    /// watched files).
-    lineage_lost: [u64; 4],
+    /// Lineage map entries found lost so far (holdings, carriers, socket
+    /// carriers, taken, watched files).
+    lineage_lost: [u64; 5],
 }
 
 /// Polls between two counts of the lineage maps' entries (each count walks
@@ -75,7 +75,7 @@ impl Pipeline {
             blind: BlindWatch::new(cfg.detect.window),
             flows: HashMap::new(),
             polls: 0,
-            lineage_lost: [0; 4],
+            lineage_lost: [0; 5],
         }
     }
 
@@ -162,11 +162,7 @@ impl Pipeline {
                 pod: labels.pod,
                 namespace: labels.namespace,
                 paths: &self.paths,
-                lineage: if alert.flow.is_some() {
-                    sensor.lineage(alert.process.tgid)
-                } else {
-                    Vec::new()
-                },
+                lineage: sensor.lineage(alert.process.tgid),
             };
             let json = AlertJson::new(&alert, ctx);
             self.metrics
@@ -223,7 +219,13 @@ impl Pipeline {
             poll.lost[reason.index()] += gone.saturating_sub(self.lineage_lost[i]);
             self.lineage_lost[i] = self.lineage_lost[i].max(*gone);
         }
-        for (map, n) in ["holdings", "carriers", "taken", "watched_files"]
+        for (map, n) in [
+            "holdings",
+            "carriers",
+            "socket_carriers",
+            "taken",
+            "watched_files",
+        ]
             .iter()
             .zip(ev.entries)
         {
@@ -287,10 +289,11 @@ impl Pipeline {
         self.paths.begin_poll();
         for p in &poll.procs {
             let lineage = p.derived_read_bytes + p.relayed_bytes;
-            if lineage > 0 && !self.flows.contains_key(&p.tgid) {
-                // Weights reached it through a carrier: which flow.
-                if let Some(held) = sensor.holding(p.tgid).filter(|h| h.relayed) {
-                    self.flows.insert(p.tgid, held.flow);
+            if lineage > 0 {
+                // Weights reached it through a carrier: its flow (that of
+                // its main source, which may change as it takes more in).
+                if let Some(flow) = sensor.flow_of(p.tgid) {
+                    self.flows.insert(p.tgid, flow);
                 }
             }
             if p.distinct_read_bytes + lineage == 0 {

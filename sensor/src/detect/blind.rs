@@ -35,7 +35,10 @@ impl BlindWatch {
         let evicted = lost(Loss::ProcEvicted);
         let no_identity = lost(Loss::InfoMapFull);
         let mappings = lost(Loss::MmapEvicted);
-        if evicted + no_identity + mappings + watched + sent == 0 {
+        // A derived file, or a watched file under another name, that left
+        // its map is no longer weights to the kernel.
+        let lineage = lost(Loss::CarrierEvicted) + lost(Loss::WatchedFileEvicted);
+        if evicted + no_identity + mappings + lineage + watched + sent == 0 {
             return None;
         }
         if self
@@ -48,6 +51,7 @@ impl BlindWatch {
         Some(format!(
             "kernel maps under pressure: {evicted} live process entries evicted with uncounted bytes, \
              {no_identity} processes counted without an identity, {mappings} mappings no longer sampled, \
+             {lineage} derived or renamed weights files forgotten, \
              {watched} watched bytes and {sent} sent bytes counted without a process"
         ))
     }

@@ -170,6 +170,9 @@ struct ActorState {
     /// Sessions and containers the actor's processes belong to.
     sessions: HashSet<u32>,
     container: String,
+    /// The container of each process named in `identities` (a flow spans
+    /// several: the alert gives its sender's).
+    containers: HashMap<u32, String>,
     last_alert: Option<(u64, u64)>,
 }
 
@@ -217,32 +220,44 @@ impl ActorState {
         }
         if significant {
             self.identities.insert(a.identity.tgid, a.identity.clone());
+            self.containers
+                .insert(a.identity.tgid, a.container.clone());
             self.sessions.insert(a.identity.sid);
         }
         self.container.clone_from(&a.container);
     }
 
     /// Watched bytes read and untrusted bytes sent in the window. A flow
-    /// reads what its senders took in.
-    fn sums(&self) -> (u64, u64) {
+    /// reads what its exfiltrating senders took in and sends what they
+    /// sent: members whose own untrusted bytes are below `ratio` of what
+    /// they took in (a model server answering clients, a peer acknowledging
+    /// what it received) neither dilute nor add.
+    fn sums(&self, ratio: f64) -> (u64, u64) {
         let (read, sent) = self.buckets.iter().fold((0u64, 0u64), |(r, s), b| {
             (
                 r.saturating_add(b.watched_read),
                 s.saturating_add(b.untrusted_sent),
             )
         });
-        let senders: HashSet<u32> = self
-            .buckets
-            .iter()
-            .flat_map(|b| b.senders.keys().copied())
-            .collect();
-        let inputs = self
-            .buckets
-            .iter()
-            .flat_map(|b| b.inputs.iter())
-            .filter(|(pid, _)| senders.contains(pid))
-            .fold(0u64, |r, (_, v)| r.saturating_add(*v));
-        (read.saturating_add(inputs), sent)
+        if self.buckets.iter().all(|b| b.inputs.is_empty()) {
+            return (read, sent);
+        }
+        let mut per: HashMap<u32, (u64, u64)> = HashMap::new();
+        for b in &self.buckets {
+            for (pid, v) in &b.inputs {
+                let e = per.entry(*pid).or_default();
+                e.0 = e.0.saturating_add(*v);
+            }
+            for (pid, v) in &b.senders {
+                let e = per.entry(*pid).or_default();
+                e.1 = e.1.saturating_add(*v);
+            }
+        }
+        per.values()
+            .filter(|(input, out)| *out > 0 && *out as f64 >= ratio * *input as f64)
+            .fold((read, 0), |(r, s), (input, out)| {
+                (r.saturating_add(*input), s.saturating_add(*out))
+            })
     }
 
     /// Whether anything in the window can make an alert.
@@ -396,6 +411,7 @@ impl Detector {
                     .flat_map(|b| b.pids.iter().copied())
                     .collect();
                 s.identities.retain(|pid, _| live.contains(pid));
+                s.containers.retain(|pid, _| live.contains(pid));
             }
             // An actor is kept while its window holds something that can make
             // an alert (watched reads, untrusted sends), or a recent alert to
@@ -429,7 +445,7 @@ impl Detector {
                 .collect();
             for key in keys {
                 let state = &self.actors[&key];
-                let (read, sent) = state.sums();
+                let (read, sent) = state.sums(self.cfg.min_send_ratio);
                 if !self.fires(read, sent) {
                     continue;
                 }
@@ -511,6 +527,10 @@ impl Detector {
             .into_iter()
             .max_by_key(|(pid, bytes)| (*bytes, *pid))
             .map(|(pid, _)| pid);
+        let container = top_sender
+            .and_then(|pid| state.containers.get(&pid))
+            .unwrap_or(&state.container)
+            .clone();
         let process = top_sender
             .and_then(|pid| state.identities.get(&pid))
             .or_else(|| state.identities.values().next())
@@ -528,7 +548,7 @@ impl Detector {
             rule: RULE_READ_THEN_SEND,
             scope: key.scope(),
             process,
-            container: state.container.clone(),
+            container,
             flow: match key {
                 ActorKey::Flow(f) => Some(*f),
                 _ => None,

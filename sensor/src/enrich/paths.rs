@@ -207,7 +207,21 @@ impl PathCache {
     /// What a lineage hop took its bytes from, as a path or an address.
     pub fn source(&self, source: &Source) -> String {
         match source {
-            Source::Watched(inode) => self.path(inode),
+            Source::Watched {
+                key,
+                parts,
+                complete,
+            } => {
+                // The name the process read it by (the kernel's, at its
+                // first read) over the cache's, which may predate a rename.
+                if *complete && !parts.is_empty() {
+                    node_path(key, parts, true)
+                } else if parts.is_empty() || self.map.contains_key(key) {
+                    self.path(key)
+                } else {
+                    node_path(key, parts, *complete)
+                }
+            }
             Source::Node {
                 key,
                 parts,

@@ -53,8 +53,14 @@ impl Via {
 /// Where a hop took its bytes from, as the kernel recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// A watched file (the path is resolved by the path cache).
-    Watched(InodeKey),
+    /// A watched file (the path is resolved by the path cache; the
+    /// components the kernel kept when the process first read it are the
+    /// fallback, e.g. for a file moved out of the watched directories).
+    Watched {
+        key: InodeKey,
+        parts: Vec<String>,
+        complete: bool,
+    },
     /// A derived file or FIFO: its device, inode and the path components
     /// the kernel kept (file name first), when it kept them.
     Node {
@@ -80,24 +86,11 @@ pub struct Hop {
     pub bytes: u64,
 }
 
-/// A process's holding, read from the kernel.
-#[derive(Clone, Debug)]
-pub struct Held {
-    pub flow: u64,
-    pub origin: InodeKey,
-    /// It took weights from a carrier (not only from watched files): a
-    /// member of a flow.
-    pub relayed: bool,
-}
-
 impl Sensor {
-    pub fn holding(&self, tgid: u32) -> Option<Held> {
+    /// The flow of `tgid`'s holding (the one of its main source).
+    pub fn flow_of(&self, tgid: u32) -> Option<u64> {
         let h: Holding = self.lookup(names::HOLDINGS, &tgid)?;
-        Some(Held {
-            flow: h.flow,
-            origin: h.origin,
-            relayed: h.src.via != VIA_READ,
-        })
+        Some(h.flow)
     }
 
     fn carrier(&self, key: &CarrierKey) -> Option<Carrier> {
@@ -143,20 +136,30 @@ impl Sensor {
             _pad: 0,
             ino: key.id,
         };
+        let path = || {
+            let path: Option<CarrierPath> = self.lookup(names::CARRIER_PATHS, key);
+            path.map_or((Vec::new(), false), |p| {
+                let parts = p
+                    .parts
+                    .iter()
+                    .take(p.depth as usize)
+                    .map(|b| crate::collect::comm_string(b))
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                (parts, p.complete != 0)
+            })
+        };
         match key.via {
-            VIA_READ => Source::Watched(inode),
+            VIA_READ => {
+                let (parts, complete) = path();
+                Source::Watched {
+                    key: inode,
+                    parts,
+                    complete,
+                }
+            }
             VIA_FILE | VIA_PIPE => {
-                let path: Option<CarrierPath> = self.lookup(names::CARRIER_PATHS, key);
-                let (parts, complete) = path.map_or((Vec::new(), false), |p| {
-                    let parts = p
-                        .parts
-                        .iter()
-                        .take(p.depth as usize)
-                        .map(|b| crate::collect::comm_string(b))
-                        .filter(|s| !s.is_empty())
-                        .collect();
-                    (parts, p.complete != 0)
-                });
+                let (parts, complete) = path();
                 Source::Node {
                     key: inode,
                     parts,
@@ -177,21 +180,29 @@ impl Sensor {
     /// now. Each map's keys are walked: call it every few polls.
     pub fn lineage_evictions(&self, made: &[u64; COUNTER_SLOTS]) -> anyhow::Result<Evictions> {
         let holdings = self.count_keys::<u32, Holding>(names::HOLDINGS)?;
-        let carriers = self.count_keys::<CarrierKey, Carrier>(names::CARRIERS)?
-            + self.count_keys::<CarrierKey, Carrier>(names::SOCKET_CARRIERS)?;
+        let carriers = self.count_keys::<CarrierKey, Carrier>(names::CARRIERS)?;
+        let sockets = self.count_keys::<CarrierKey, Carrier>(names::SOCKET_CARRIERS)?;
         let taken = self.count_keys::<TakenKey, Taken>(names::TAKEN)?;
         let files = self.count_keys::<InodeKey, u32>(names::WATCHED_FILES)?;
         let gone = |made: u64, now: u64| made.saturating_sub(now);
         Ok(Evictions {
-            entries: [holdings, carriers, taken, files],
+            entries: [holdings, carriers, sockets, taken, files],
             lost: [
                 (
                     Loss::HoldingEvicted,
-                    gone(made[Count::HoldingsMade.index()], holdings),
+                    gone(
+                        made[Count::HoldingsMade.index()]
+                            .saturating_sub(made[Count::HoldingsForgotten.index()]),
+                        holdings,
+                    ),
                 ),
                 (
                     Loss::CarrierEvicted,
                     gone(made[Count::CarriersMade.index()], carriers),
+                ),
+                (
+                    Loss::SocketCarrierEvicted,
+                    gone(made[Count::SocketCarriersMade.index()], sockets),
                 ),
                 (
                     Loss::TakenEvicted,
@@ -212,9 +223,9 @@ impl Sensor {
 /// Entries of the lineage maps now, and how many each lost since start.
 #[derive(Clone, Debug)]
 pub struct Evictions {
-    /// holdings, carriers (files, pipes and sockets), taken, watched files.
-    pub entries: [u64; 4],
-    pub lost: [(Loss, u64); 4],
+    /// holdings, carriers (files, pipes), socket carriers, taken, watched files.
+    pub entries: [u64; 5],
+    pub lost: [(Loss, u64); 5],
 }
 
 fn ip_of(addr: &[u8; 16]) -> std::net::IpAddr {

@@ -744,6 +744,7 @@ mod tests {
             (names::TAKEN, names::TAKEN_SIZE),
             (names::CARRIER_PATHS, names::CARRIER_PATHS_SIZE),
             (names::PATH_SCRATCH, names::PATH_SCRATCH_SIZE),
+            (names::HOLD_SCRATCH, names::HOLD_SCRATCH_SIZE),
             (names::LINEAGE_GEN, names::LINEAGE_GEN_SIZE),
         ] {
             let map = obj

@@ -116,6 +116,14 @@ pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
         features |= FEATURE_SEND_FALLBACK;
     }
     let (req_opcode, req_file, cqe_res) = *io_uring.as_ref().unwrap_or(&(0, 0, 0));
+    // ext4 (built in on distribution kernels): its delayed allocations, so a
+    // file just written is credited before its blocks are allocated.
+    let ext4 = (|| -> Result<(i32, ()), OffsetError> {
+        let reserved = r.member("ext4_inode_info", &["i_reserved_data_blocks"], 4)?;
+        let inode = r.member("ext4_inode_info", &["vfs_inode"], 0)?;
+        Ok((reserved as i32 - inode as i32, ()))
+    })()
+    .ok();
     let offsets = Offsets {
         magic: OFFSETS_MAGIC,
         task_files: r.member("task_struct", &["files"], 8)?,
@@ -175,6 +183,11 @@ pub fn resolve_offsets(path: &Path) -> Result<Resolved, OffsetError> {
         dirty_pages_flag: r
             .enum_value("inode_state_flags_t", "I_DIRTY_PAGES")
             .unwrap_or_else(|_| dirty_pages_define()),
+        // A plain u16 since 5.6 (a bitfield before: refused, and 0 here).
+        sk_type: r.member("sock", &["sk_type"], 2).unwrap_or(0),
+        ext4_reserved: ext4.map_or(0, |(rel, _)| rel as u32),
+        sb_blocksize: r.member("super_block", &["s_blocksize"], 8)?,
+        ext4_delalloc: ext4.is_some() as u32,
         _pad1: 0,
     };
     Ok(Resolved {

@@ -13,7 +13,7 @@ use std::{
 
 use crate::{die, files, report, Args};
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

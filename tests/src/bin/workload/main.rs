@@ -5,6 +5,7 @@
 mod abuse;
 mod exfil;
 mod files;
+mod lineage;
 mod net;
 mod pressure;
 mod uring;
@@ -104,6 +105,11 @@ fn main() {
         "mmap-send" => exfil::mmap_send(&args),
         "stdin-send" => exfil::stdin_send(&args),
         "relay" => exfil::relay(&args),
+        "proxy" => lineage::proxy(&args),
+        "send-local" => lineage::send_local(&args),
+        "write-out" => lineage::write_out(&args),
+        "spray-files" => lineage::spray_files(&args),
+        "ship" => lineage::ship(&args),
         "loopback-chatter" => abuse::loopback_chatter(&args),
         "spray" => abuse::spray(&args),
         "mmap-many" => abuse::mmap_many(&args),
