@@ -18,13 +18,22 @@ pub struct FakeContainer {
     pub id: String,
 }
 
+impl Default for FakeContainer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeContainer {
     pub fn new() -> FakeContainer {
         let root = crate::cgroup2_root();
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let id: String =
-            format!("{:016x}", (std::process::id() as u64 * 0x9e37_79b9) ^ (n << 40)).repeat(4);
+        let id: String = format!(
+            "{:016x}",
+            (std::process::id() as u64 * 0x9e37_79b9) ^ (n << 40)
+        )
+        .repeat(4);
         let slice = root.join(format!("sensor-test-{}-{n}.slice", std::process::id()));
         let scope = slice.join(format!("cri-containerd-{id}.scope"));
         std::fs::create_dir_all(&scope).expect("creating the fake container's cgroup");
@@ -63,4 +72,3 @@ impl Drop for FakeContainer {
         let _ = std::fs::remove_dir(&self.slice);
     }
 }
-

@@ -114,8 +114,7 @@ fn p(path: &Path) -> &str {
 }
 
 fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("no {k} in {v}"))
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
 
 /// What a lineage hop must say.
@@ -174,7 +173,10 @@ fn lineage_alert(
         .within(Duration::from_secs(20));
     let (read, sent) = (u(&a, "watched_read_bytes"), u(&a, "sent_bytes"));
     assert!(read >= 32 * MIB, "{what}: read {read}: {a}");
-    assert!(sent >= 16 * MIB && sent * 2 >= read, "{what}: sent {sent}: {a}");
+    assert!(
+        sent >= 16 * MIB && sent * 2 >= read,
+        "{what}: sent {sent}: {a}"
+    );
     let got = a["lineage"]
         .as_array()
         .unwrap_or_else(|| panic!("{what}: no lineage: {a}"));
@@ -207,7 +209,10 @@ fn lineage_alert(
         .as_array()
         .map(|v| v.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    assert!(origins.contains(&origin.as_str()), "{what}: origin_files: {a}");
+    assert!(
+        origins.contains(&origin.as_str()),
+        "{what}: origin_files: {a}"
+    );
     eprintln!("{what}: read {read}, sent {sent}, lineage {vias:?}");
     a
 }
@@ -311,7 +316,11 @@ fn tmpfs_staging_then_send() {
     let s = scenario(&w).start();
     let staged = PathBuf::from(format!("/dev/shm/sensor-ln-{}.bin", std::process::id()));
     let _gone = Removed(staged.clone());
-    sh(&format!("dd if={} of={} bs=1M status=none", w.str(), p(&staged)));
+    sh(&format!(
+        "dd if={} of={} bs=1M status=none",
+        w.str(),
+        p(&staged)
+    ));
     let (pid, crossed, _) = send_out(&s, "ln-shm-send", &staged);
     lineage_alert(
         &s,
@@ -386,7 +395,11 @@ fn setsid_pipeline_sender_leaves_the_session() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(sink.finish(), FILE_BYTES);
     lineage_alert(
@@ -398,6 +411,59 @@ fn setsid_pipeline_sender_leaves_the_session() {
         &[
             hop("read").comm("cat").path(w.str()),
             hop("pipe").comm("ln-setsid-send"),
+        ],
+        FILE_BYTES,
+    );
+}
+
+/// Walking around flow membership: the sender first reads a few KiB of a
+/// watched file itself (as an interpreter reads `*.pth` files at start-up),
+/// then takes the model through a pipe. The pipe, which gave it far more,
+/// becomes its source: the flow still alerts and names the pipe.
+#[test]
+fn pipe_to_a_sender_that_first_read_a_little_weights_itself() {
+    let w = Weights::new();
+    let s = scenario(&w).start();
+    let pth = w.dir.path().join("distutils-precedence.pth");
+    std::fs::write(&pth, vec![b'#'; 8192]).unwrap();
+    let sink = s.sink(&To::untrusted());
+    let sender = workload::program("ln-pth-send");
+    let out = Command::new("setsid")
+        .args([
+            "-w",
+            "sh",
+            "-c",
+            &format!(
+                "cat {} | setsid -w {} stdin-send --first-read {} --to {} --mark-sent {MARK}",
+                w.str(),
+                sender.display(),
+                p(&pth),
+                sink.addr()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(u(&reports[0], "first_read_bytes"), 4096);
+    let r = reports.last().unwrap();
+    assert_eq!(sink.finish(), FILE_BYTES);
+    lineage_alert(
+        &s,
+        "sender read a *.pth first, then the model through a pipe",
+        "flow",
+        u(r, "pid"),
+        u(r, "crossed_ms"),
+        &[
+            hop("read").comm("cat").path(w.str()),
+            hop("pipe").comm("ln-pth-send"),
         ],
         FILE_BYTES,
     );
@@ -584,13 +650,7 @@ fn relay_between_two_containers() {
     ));
     let r = a.run(
         "ln-ct-reader",
-        &[
-            "send-local",
-            "--file",
-            w.str(),
-            "--to",
-            px.addr(),
-        ],
+        &["send-local", "--file", w.str(), "--to", px.addr()],
     );
     let pr = px.report();
     assert_eq!(sink.finish(), FILE_BYTES);
@@ -677,7 +737,11 @@ fn copy_split_and_sent_by_many_small_senders() {
     let s = scenario(&w).start();
     let parts = w.scratch("parts");
     std::fs::create_dir(&parts).unwrap();
-    sh(&format!("cd {} && split -b 8M {} part-", p(&parts), w.str()));
+    sh(&format!(
+        "cd {} && split -b 8M {} part-",
+        p(&parts),
+        w.str()
+    ));
     let mut names: Vec<PathBuf> = std::fs::read_dir(&parts)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -771,7 +835,12 @@ fn benign_read_a_few_kib_of_weights_then_upload_a_dataset() {
         (1..=8192).contains(&derived),
         "the dataset carries at most what its writer read: {derived}"
     );
-    silent(&s, "a few KiB read, a 48 MiB dataset uploaded", "ln-ds-upload", &[up, u(&maker, "pid")]);
+    silent(
+        &s,
+        "a few KiB read, a 48 MiB dataset uploaded",
+        "ln-ds-upload",
+        &[up, u(&maker, "pid")],
+    );
 }
 
 #[test]
@@ -848,7 +917,10 @@ fn benign_conversion_writes_derived_weights_locally() {
             &FILE_BYTES.to_string(),
         ],
     );
-    let check = workload::report("ln-conv-check", &["read", "--file", p(&out), "--bs", "65536"]);
+    let check = workload::report(
+        "ln-conv-check",
+        &["read", "--file", p(&out), "--bs", "65536"],
+    );
     let (derived, _) = lineage_counts(&s, "ln-conv-check");
     assert_eq!(derived, FILE_BYTES, "the converted file is derived weights");
     silent(
@@ -953,9 +1025,7 @@ fn benign_many_short_lived_readers_that_never_send() {
     silent(&s, "60 short-lived readers", "ln-short-read", &[]);
     let alerts = s.agent.alerts();
     assert!(
-        alerts
-            .iter()
-            .all(|(_, a)| a["comm"] != "ln-short-read"),
+        alerts.iter().all(|(_, a)| a["comm"] != "ln-short-read"),
         "{alerts:?}"
     );
 }
@@ -987,9 +1057,11 @@ fn carrier_map_pressure_is_counted_and_a_later_copy_still_alerts() {
     let lost = |m: &tests::scrape::Metrics| {
         m.sum("sensor_lost_events_total", &[("reason", "carrier_evicted")])
     };
-    let m = s.agent.wait_for(Duration::from_secs(20), "carrier evictions", |m| {
-        lost(m) >= 4_000
-    });
+    let m = s
+        .agent
+        .wait_for(Duration::from_secs(20), "carrier evictions", |m| {
+            lost(m) >= 4_000
+        });
     let evicted = lost(&m);
     assert!(evicted <= n, "{evicted} evictions for {n} carriers");
     // The agent still works, and a copy made now still alerts.

@@ -80,10 +80,8 @@ pub fn is_watched(file: *const u8, key: &InodeKey) -> Result<bool, Loss> {
     // SAFETY: a plain value copied out at once.
     let sticky = unsafe { WATCHED_FILES.get(key) }.is_some();
     let watched = sticky || decide(file, key, rt.any_ext_mask)?;
-    if watched && !sticky {
-        if WATCHED_FILES.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
-            loss::count(Count::WatchedFilesMade);
-        }
+    if watched && !sticky && WATCHED_FILES.insert(key, 1, BPF_NOEXIST as u64).is_ok() {
+        loss::count(Count::WatchedFilesMade);
     }
     let mut entry = WatchCacheEntry {
         generation,

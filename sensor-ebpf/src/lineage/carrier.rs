@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     lineage::{
-        conn_hash, is_v4_mapped, v4_mapped, Carrier, CarrierKey, INET_CONN, INET_PORT,
-        VIA_FILE, VIA_LOOPBACK, VIA_PIPE, VIA_UNIX,
+        conn_hash, is_v4_mapped, v4_mapped, Carrier, CarrierKey, INET_CONN, INET_PORT, VIA_FILE,
+        VIA_LOOPBACK, VIA_PIPE, VIA_UNIX,
     },
     maps, Count, Loss, AF_INET, AF_INET6, AF_UNIX,
 };
@@ -259,7 +259,7 @@ fn put(
 ) {
     let map = map_of(&key);
     holding::wrote(tgid);
-    if let Some(c) = map.get_ptr_mut(&key) {
+    if let Some(c) = map.get_ptr_mut(key) {
         // SAFETY: a map value; two writers racing may lose an increment
         // (the carrier then holds a little less): harmless.
         unsafe {
@@ -281,7 +281,7 @@ fn put(
         addr,
         comm: h.comm,
     };
-    if map.insert(&key, &c, BPF_NOEXIST as u64).is_err() {
+    if map.insert(key, c, BPF_NOEXIST as u64).is_err() {
         return;
     }
     let sockets = key.via == VIA_UNIX || key.via == VIA_LOOPBACK;
@@ -308,7 +308,7 @@ fn put(
 #[inline(always)]
 pub fn read_from(tgid: u32, key: CarrierKey, bytes: u64) -> u64 {
     // SAFETY: a plain value copied out at once.
-    let Some(c) = (unsafe { map_of(&key).get(&key) }).copied() else {
+    let Some(c) = (unsafe { map_of(&key).get(key) }).copied() else {
         return 0;
     };
     // Reading back what it wrote itself adds nothing (no self-amplifying loop).

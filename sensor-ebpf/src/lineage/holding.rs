@@ -24,7 +24,8 @@ static HOLDINGS: LruHashMap<u32, Holding> = LruHashMap::with_max_entries(maps::H
 
 /// Room to build a new `Holding` (the BPF stack is 512 bytes).
 #[map(name = "HOLD_SCRATCH")]
-static HOLD_SCRATCH: PerCpuArray<Holding> = PerCpuArray::with_max_entries(maps::HOLD_SCRATCH_SIZE, 0);
+static HOLD_SCRATCH: PerCpuArray<Holding> =
+    PerCpuArray::with_max_entries(maps::HOLD_SCRATCH_SIZE, 0);
 
 /// What a writer's holding passes on to a carrier.
 #[derive(Clone, Copy)]
@@ -55,7 +56,7 @@ pub fn of(tgid: u32) -> Option<Held> {
 /// it exits (a chain through the carrier names it).
 #[inline(always)]
 pub fn wrote(tgid: u32) {
-    if let Some(h) = HOLDINGS.get_ptr_mut(&tgid) {
+    if let Some(h) = HOLDINGS.get_ptr_mut(tgid) {
         // SAFETY: a map value; a racing writer sets the same bit.
         unsafe { (*h).flags |= HOLDING_WROTE };
     }
@@ -83,7 +84,7 @@ pub fn take(
         carrier: src,
     };
     let epoch = watch::epoch();
-    let gain = match TAKEN.get_ptr_mut(&key) {
+    let gain = match TAKEN.get_ptr_mut(key) {
         Some(taken) => {
             // SAFETY: a map value; concurrent readers of one carrier by
             // threads of one process may both take a little: harmless.
@@ -105,7 +106,7 @@ pub fn take(
         None => {
             let gain = bytes.min(cap);
             let taken = Taken { bytes: gain, epoch };
-            if TAKEN.insert(&key, &taken, BPF_NOEXIST as u64).is_ok() {
+            if TAKEN.insert(key, taken, BPF_NOEXIST as u64).is_ok() {
                 loss::count(Count::TakenMade);
                 // A watched file first read by this process: its path, for
                 // the alert, while the kernel still knows it by name.
@@ -122,10 +123,13 @@ pub fn take(
     gain
 }
 
+// `&*h`: the scratch slot by reference; by value it would be copied onto
+// the 512-byte stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn hold(tgid: u32, src: CarrierKey, gain: u64, from: Option<&Carrier>) {
     let writer = from.map_or(0, |c| c.writer);
-    if let Some(h) = HOLDINGS.get_ptr_mut(&tgid) {
+    if let Some(h) = HOLDINGS.get_ptr_mut(tgid) {
         // SAFETY: a map value of this process; see `take` on races.
         let h = unsafe { &mut *h };
         if h.flags & HOLDING_EXITED == 0 {
@@ -189,12 +193,12 @@ fn hold(tgid: u32, src: CarrierKey, gain: u64, from: Option<&Carrier>) {
     h.alt_bytes = 0;
     h.alt_writer = 0;
     h._pad = 0;
-    if HOLDINGS.insert(&tgid, &*h, BPF_NOEXIST as u64).is_ok() {
+    if HOLDINGS.insert(tgid, &*h, BPF_NOEXIST as u64).is_ok() {
         loss::count(Count::HoldingsMade);
     } else {
         // The holding of an exited process with this tgid (or a racing
         // thread's): replaced.
-        let _ = HOLDINGS.insert(&tgid, &*h, 0);
+        let _ = HOLDINGS.insert(tgid, &*h, 0);
     }
 }
 
@@ -202,13 +206,13 @@ fn hold(tgid: u32, src: CarrierKey, gain: u64, from: Option<&Carrier>) {
 /// on is forgotten (no chain can name it); one that did stays, marked.
 #[inline(always)]
 pub fn exited(tgid: u32) {
-    if let Some(h) = HOLDINGS.get_ptr_mut(&tgid) {
+    if let Some(h) = HOLDINGS.get_ptr_mut(tgid) {
         // SAFETY: a map value; a racing reader sees either state.
         let wrote = unsafe { (*h).flags } & HOLDING_WROTE != 0;
         if wrote {
             // SAFETY: as above.
             unsafe { (*h).flags |= HOLDING_EXITED };
-        } else if HOLDINGS.remove(&tgid).is_ok() {
+        } else if HOLDINGS.remove(tgid).is_ok() {
             loss::count(Count::HoldingsForgotten);
         }
     }

@@ -32,6 +32,8 @@ pub fn record_once(key: &CarrierKey, dentry: *const u8) {
 }
 
 /// Records the path of `dentry` for the new derived file `key`.
+// `&*p`: the scratch slot by reference, not a 200-byte copy on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn record(key: &CarrierKey, dentry: *const u8) {
     let Some(p) = PATH_SCRATCH.get_ptr_mut(0) else {

@@ -74,7 +74,7 @@ fn matches(args: &AuditQueryArgs, a: &Access) -> bool {
     // RFC 3339 UTC text in one format sorts as time.
     args.file
         .as_ref()
-        .is_none_or(|f| a.path.contains(f.as_str()))
+        .is_none_or(|f| a.path.contains(f.as_str()) || a.origin.contains(f.as_str()))
         && args.pid.is_none_or(|p| a.pid == p)
         && args.comm.as_ref().is_none_or(|c| &a.comm == c)
         && args

@@ -36,6 +36,13 @@ pub struct Access {
     pub sent_bytes: u64,
     pub untrusted_sent_bytes: u64,
     pub destinations: Vec<Destination>,
+    /// Lineage: how these bytes of weights reached the process when not
+    /// read from a watched file (`file`: a derived file at `path`; `pipe`,
+    /// `unix`, `loopback`: relayed), and the weights file they came from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
 }
 
 /// The body of a record; `kind` names the variant.

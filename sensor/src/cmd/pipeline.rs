@@ -20,7 +20,7 @@ use crate::{
         paths::PathCache,
     },
     export::metrics::Metrics,
-    kernel::{loader::Sensor, watch::WatchSet},
+    kernel::{lineage::Source, loader::Sensor, watch::WatchSet},
     tail::record::{ActivityRecord, DestBytes},
     util::{sysinfo, time::rfc3339},
 };
@@ -142,7 +142,9 @@ impl Pipeline {
         let mut out = PollOutput {
             records: records(&poll, &labelled),
             alerts: Vec::new(),
-            audit: self.audit.then(|| self.audit_poll(&activity, &labelled)),
+            audit: self
+                .audit
+                .then(|| self.audit_poll(sensor, &activity, &labelled)),
             notices: out_notices,
         };
         let now = self.started.elapsed().as_secs();
@@ -226,8 +228,8 @@ impl Pipeline {
             "taken",
             "watched_files",
         ]
-            .iter()
-            .zip(ev.entries)
+        .iter()
+        .zip(ev.entries)
         {
             self.metrics
                 .map_entries
@@ -239,10 +241,51 @@ impl Pipeline {
 
     /// The audit log's view of this poll: each process's reads of each
     /// watched file, with who it is, and every process's sends.
-    fn audit_poll(&mut self, activity: &[Activity], labelled: &Labelled) -> AuditPoll {
+    fn audit_poll(
+        &mut self,
+        sensor: &Sensor,
+        activity: &[Activity],
+        labelled: &Labelled,
+    ) -> AuditPoll {
         let mut out = AuditPoll::default();
         for a in activity {
             let id = &a.identity;
+            if a.lineage_read > 0 {
+                // Weights that came through a derived file or a relay: the
+                // process's main source, and the weights file of origin.
+                let hops = sensor.lineage(id.tgid);
+                if let Some(last) = hops.last() {
+                    let meta = self.enricher.meta(id.tgid, id.first_seen_ns);
+                    let labels = labelled.of(id.tgid).cloned().unwrap_or_default();
+                    let (dev, inode) = match &last.source {
+                        Source::Node { key, .. } | Source::Watched { key, .. } => {
+                            (key.dev, key.ino)
+                        }
+                        _ => (0, 0),
+                    };
+                    out.accesses.push(Access {
+                        pid: id.tgid,
+                        ppid: id.ppid,
+                        uid: id.uid,
+                        comm: id.comm.clone(),
+                        exe: meta.exe,
+                        cmdline: meta.cmdline,
+                        container: a.container.clone(),
+                        pod: labels.pod,
+                        namespace: labels.namespace,
+                        path: self.paths.source(&last.source),
+                        dev,
+                        inode,
+                        read_bytes: a.lineage_read,
+                        via: last.via.as_str().into(),
+                        origin: hops
+                            .first()
+                            .map(|h| self.paths.source(&h.source))
+                            .unwrap_or_default(),
+                        ..Access::default()
+                    });
+                }
+            }
             if !a.files.is_empty() {
                 let meta = self.enricher.meta(id.tgid, id.first_seen_ns);
                 let labels = labelled.of(id.tgid).cloned().unwrap_or_default();
@@ -332,7 +375,7 @@ fn records(poll: &Poll, labelled: &Labelled) -> Vec<ActivityRecord> {
     for p in poll
         .procs
         .iter()
-        .filter(|p| p.read_bytes + p.sent_bytes > 0)
+        .filter(|p| p.read_bytes + p.sent_bytes + p.relayed_bytes > 0)
     {
         let Some(labels) = labelled.of(p.tgid) else {
             continue;
@@ -346,6 +389,8 @@ fn records(poll: &Poll, labelled: &Labelled) -> Vec<ActivityRecord> {
                 container: labels.container.clone(),
                 read_bytes: p.read_bytes,
                 watched_read_bytes: p.watched_read_bytes,
+                derived_read_bytes: p.derived_read_bytes,
+                relayed_bytes: p.relayed_bytes,
                 ..Default::default()
             },
         );

@@ -53,7 +53,9 @@ impl Filter {
 
     /// The process, and what it did over the whole interval.
     fn record(&self, r: &ActivityRecord) -> bool {
-        self.process(r) && (!self.watched_only || r.watched_read_bytes > 0)
+        self.process(r)
+            && (!self.watched_only
+                || r.watched_read_bytes + r.derived_read_bytes + r.relayed_bytes > 0)
     }
 
     fn alert(&self, a: &serde_json::Value) -> bool {

@@ -14,6 +14,7 @@ use sensor_common::{
 };
 
 use self::endpoint::Endpoint;
+use crate::util::text::c_string;
 
 /// What one read of the kernel maps returned.
 #[derive(Clone, Debug, Default)]
@@ -59,7 +60,7 @@ impl Identity {
                 uid: i.uid,
                 cgroup_id: i.cgroup_id,
                 first_seen_ns: i.first_seen_ns,
-                comm: comm_string(&i.comm),
+                comm: c_string(&i.comm),
             },
             None => Identity {
                 tgid,
@@ -78,12 +79,6 @@ impl Identity {
             },
         }
     }
-}
-
-/// The command name up to its NUL, invalid UTF-8 replaced.
-pub fn comm_string(raw: &[u8]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
 /// Bytes a process moved since the previous poll.
@@ -906,12 +901,6 @@ mod tests {
         );
         assert_eq!(p.procs[0].mmap_bytes, 5000);
         assert_eq!(p.forget_mmaps, vec![key]);
-    }
-
-    #[test]
-    fn comm_is_cut_at_nul_and_lossy() {
-        assert_eq!(comm_string(b"ab\0cd"), "ab");
-        assert_eq!(comm_string(&[0x66, 0xff, 0x67]), "f\u{fffd}g");
     }
 
     fn born(c: ProcCounters, born_ns: u64) -> ProcCounters {

@@ -220,8 +220,7 @@ impl ActorState {
         }
         if significant {
             self.identities.insert(a.identity.tgid, a.identity.clone());
-            self.containers
-                .insert(a.identity.tgid, a.container.clone());
+            self.containers.insert(a.identity.tgid, a.container.clone());
             self.sessions.insert(a.identity.sid);
         }
         self.container.clone_from(&a.container);
@@ -652,6 +651,113 @@ mod tests {
     }
 
     use DestClass::{Loopback, Trusted, Untrusted};
+
+    /// A flow member: weights taken in through a carrier.
+    fn member(
+        tgid: u32,
+        sid: u32,
+        flow: u64,
+        took: u64,
+        sends: &[(u8, DestClass, u64)],
+    ) -> Activity {
+        Activity {
+            lineage_read: took,
+            flow: Some(flow),
+            ..act(tgid, sid, 0, sends)
+        }
+    }
+
+    #[test]
+    fn a_flow_alerts_for_a_sender_whose_weights_came_through_a_carrier() {
+        let mut d = Detector::new(cfg());
+        // The reader (session 100) copies; the sender (session 200) reads
+        // the copy and sends it: neither process nor session read-and-sent.
+        assert!(d.observe(100, &[act(10, 100, 100 * MIB, &[])]).is_empty());
+        let alerts = d.observe(
+            101,
+            &[member(20, 200, 7, 100 * MIB, &[(2, Untrusted, 100 * MIB)])],
+        );
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!(
+            (
+                a.scope,
+                a.process.tgid,
+                a.flow,
+                a.watched_read_bytes,
+                a.sent_bytes
+            ),
+            (Scope::Flow, 20, Some(7), 100 * MIB, 100 * MIB)
+        );
+    }
+
+    #[test]
+    fn flow_members_that_send_little_of_what_they_took_neither_dilute_nor_add() {
+        let mut d = Detector::new(cfg());
+        let alerts = d.observe(
+            100,
+            &[
+                member(20, 200, 7, 100 * MIB, &[(2, Untrusted, 100 * MIB)]),
+                // A peer that received it all and acknowledges a byte.
+                member(30, 300, 7, 100 * MIB, &[(3, Untrusted, 1)]),
+                // A model server in the flow answering clients.
+                member(40, 400, 7, 900 * MIB, &[(4, Untrusted, 10 * MIB)]),
+            ],
+        );
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(
+            (alerts[0].watched_read_bytes, alerts[0].sent_bytes),
+            (100 * MIB, 100 * MIB)
+        );
+    }
+
+    #[test]
+    fn a_flow_of_small_senders_adds_up() {
+        let mut d = Detector::new(cfg());
+        let mut alerts = Vec::new();
+        // Five short-lived senders, 20 MiB each, each below the thresholds.
+        for i in 0..5u32 {
+            alerts.extend(d.observe(
+                100 + i as u64,
+                &[member(
+                    20 + i,
+                    200 + i,
+                    7,
+                    20 * MIB,
+                    &[(2, Untrusted, 20 * MIB)],
+                )],
+            ));
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].scope, Scope::Flow);
+        assert!(alerts[0].watched_read_bytes >= 64 * MIB);
+    }
+
+    #[test]
+    fn a_model_server_in_a_flow_stays_quiet() {
+        let mut d = Detector::new(cfg());
+        let alerts = d.observe(
+            100,
+            &[member(
+                40,
+                400,
+                8,
+                20 * 1024 * MIB,
+                &[(4, Untrusted, 40 * MIB)],
+            )],
+        );
+        assert!(alerts.is_empty(), "{alerts:?}");
+    }
+
+    #[test]
+    fn a_flow_defers_to_a_process_alert_naming_its_sender() {
+        let mut d = Detector::new(cfg());
+        let mut a = member(20, 200, 7, 100 * MIB, &[(2, Untrusted, 100 * MIB)]);
+        a.watched_read = 100 * MIB;
+        let alerts = d.observe(100, &[a]);
+        let scopes: Vec<Scope> = alerts.iter().map(|a| a.scope).collect();
+        assert_eq!(scopes, vec![Scope::Process], "{alerts:?}");
+    }
 
     #[test]
     fn one_process_read_then_send() {

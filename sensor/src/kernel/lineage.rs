@@ -13,6 +13,7 @@ use sensor_common::{
 };
 
 use super::loader::Sensor;
+use crate::util::text::c_string;
 
 /// Hops followed at most from a sender back to the weights file.
 pub const MAX_HOPS: usize = 8;
@@ -116,7 +117,7 @@ impl Sensor {
             };
             hops.push(Hop {
                 pid,
-                comm: crate::collect::comm_string(&h.comm),
+                comm: c_string(&h.comm),
                 via,
                 source: self.source(&h.src),
                 bytes: h.src_bytes,
@@ -143,7 +144,7 @@ impl Sensor {
                     .parts
                     .iter()
                     .take(p.depth as usize)
-                    .map(|b| crate::collect::comm_string(b))
+                    .map(|b| c_string(b))
                     .filter(|s| !s.is_empty())
                     .collect();
                 (parts, p.complete != 0)
@@ -176,14 +177,19 @@ impl Sensor {
     }
 
     /// Lineage entries the LRU maps dropped since start, by loss slot:
-    /// entries the kernel made (and user space seeded) minus those there
-    /// now. Each map's keys are walked: call it every few polls.
+    /// entries the kernel made (and user space seeded; `made` read before
+    /// the walk) minus those it removed itself (read after it) minus those
+    /// there now. Each map's keys are walked: call it every few polls.
     pub fn lineage_evictions(&self, made: &[u64; COUNTER_SLOTS]) -> anyhow::Result<Evictions> {
         let holdings = self.count_keys::<u32, Holding>(names::HOLDINGS)?;
         let carriers = self.count_keys::<CarrierKey, Carrier>(names::CARRIERS)?;
         let sockets = self.count_keys::<CarrierKey, Carrier>(names::SOCKET_CARRIERS)?;
         let taken = self.count_keys::<TakenKey, Taken>(names::TAKEN)?;
         let files = self.count_keys::<InodeKey, u32>(names::WATCHED_FILES)?;
+        // A holding made before `made` was read and removed at its exit
+        // during the walk is in neither `made - forgotten` nor the walk
+        // unless `forgotten` is read now.
+        let forgotten = self.read_lost()?[Count::HoldingsForgotten.index()];
         let gone = |made: u64, now: u64| made.saturating_sub(now);
         Ok(Evictions {
             entries: [holdings, carriers, sockets, taken, files],
@@ -191,8 +197,7 @@ impl Sensor {
                 (
                     Loss::HoldingEvicted,
                     gone(
-                        made[Count::HoldingsMade.index()]
-                            .saturating_sub(made[Count::HoldingsForgotten.index()]),
+                        made[Count::HoldingsMade.index()].saturating_sub(forgotten),
                         holdings,
                     ),
                 ),

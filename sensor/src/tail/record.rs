@@ -25,6 +25,13 @@ pub struct ActivityRecord {
     pub read_bytes: u64,
     /// The part of `read_bytes` from watched files.
     pub watched_read_bytes: u64,
+    /// Weights taken in from derived files (copies, archives, tmpfs
+    /// staging of weights; lineage).
+    #[serde(default)]
+    pub derived_read_bytes: u64,
+    /// Weights relayed in through pipes, FIFOs and sockets on this host.
+    #[serde(default)]
+    pub relayed_bytes: u64,
     /// Bytes sent on sockets, all destinations.
     pub sent_bytes: u64,
     pub untrusted_sent_bytes: u64,
@@ -47,6 +54,8 @@ impl ActivityRecord {
         self.comm.clone_from(&other.comm);
         self.read_bytes += other.read_bytes;
         self.watched_read_bytes += other.watched_read_bytes;
+        self.derived_read_bytes += other.derived_read_bytes;
+        self.relayed_bytes += other.relayed_bytes;
         self.sent_bytes += other.sent_bytes;
         self.untrusted_sent_bytes += other.untrusted_sent_bytes;
         self.trusted_sent_bytes += other.trusted_sent_bytes;

@@ -7,7 +7,7 @@ use std::io::Write;
 use super::record::ActivityRecord;
 use crate::{alerts::field_text, util::size::format_size};
 
-pub const HEADER: &str = "TIME      PID      COMM             CONTAINER     READ        WATCHED     SENT        UNTRUSTED   TOP DESTINATION";
+pub const HEADER: &str = "TIME      PID      COMM             CONTAINER     READ        WATCHED     DERIVED     SENT        UNTRUSTED   TOP DESTINATION";
 
 /// One aligned line.
 pub fn line(r: &ActivityRecord) -> String {
@@ -22,11 +22,12 @@ pub fn line(r: &ActivityRecord) -> String {
         None => "-".into(),
     };
     format!(
-        "{time:<9} {:<8} {:<16} {container:<13} {:<11} {:<11} {:<11} {:<11} {top}",
+        "{time:<9} {:<8} {:<16} {container:<13} {:<11} {:<11} {:<11} {:<11} {:<11} {top}",
         r.pid,
         printable(&r.comm),
         format_size(r.read_bytes),
         format_size(r.watched_read_bytes),
+        format_size(r.derived_read_bytes + r.relayed_bytes),
         format_size(r.sent_bytes),
         format_size(r.untrusted_sent_bytes),
     )
@@ -37,8 +38,28 @@ pub fn alert_line(a: &serde_json::Value) -> String {
     let s = |k: &str| field_text(a, k);
     let n = |k: &str| format_size(a.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0));
     let dest = a["destinations"][0]["addr"].as_str().unwrap_or("-");
+    // The chain, origin first: `cp(read) > curl(file)`.
+    let chain: Vec<String> = a["lineage"]
+        .as_array()
+        .map(|hops| {
+            hops.iter()
+                .map(|h| {
+                    format!(
+                        "{}({})",
+                        printable(h["comm"].as_str().unwrap_or("?")),
+                        h["via"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let chain = if chain.len() > 1 {
+        format!(" lineage={}", chain.join(">"))
+    } else {
+        String::new()
+    };
     format!(
-        "ALERT {} scope={} pid={} comm={} container={} read={} sent={} to {dest} file={}",
+        "ALERT {} scope={} pid={} comm={} container={} read={} sent={} to {dest} file={}{chain}",
         s("rule"),
         s("scope"),
         s("pid"),
@@ -50,7 +71,10 @@ pub fn alert_line(a: &serde_json::Value) -> String {
         },
         n("watched_read_bytes"),
         n("sent_bytes"),
-        a["top_files"][0]["path"].as_str().unwrap_or("-"),
+        a["top_files"][0]["path"]
+            .as_str()
+            .or(a["origin_files"][0].as_str())
+            .unwrap_or("-"),
     )
 }
 

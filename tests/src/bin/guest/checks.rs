@@ -38,6 +38,16 @@ impl Data {
         Ok(Data { root })
     }
 
+    /// The watched file.
+    pub fn watched(&self) -> PathBuf {
+        Data::watched_in(&self.root)
+    }
+
+    /// A path in the unwatched directory.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.root.join("other").join(name)
+    }
+
     fn watched_in(root: &std::path::Path) -> PathBuf {
         root.join("weights/model.safetensors")
     }
@@ -52,7 +62,7 @@ impl Data {
 
     /// The workload binary under the name `comm` (the kernel takes the
     /// task's name from the path it executes).
-    fn program(&self, bin: &str, comm: &str) -> Result<PathBuf> {
+    pub fn program(&self, bin: &str, comm: &str) -> Result<PathBuf> {
         let link = self.root.join("bin").join(comm);
         if !link.exists() {
             std::os::unix::fs::symlink(format!("{bin}/sensor-workload"), &link)?;
@@ -175,6 +185,7 @@ pub fn run_all(bin: &str, data: &Data, url: &str) -> Result<()> {
         (read, sent)
     });
     let (interleaved_read, interleaved_sent) = (interleaved_read?, interleaved_sent??);
+    let lineage = crate::lineage::run(bin, data)?;
     let evaluate = |m: &Metrics| -> Vec<Count> {
         let read = |comm: &str, watched: &str| {
             m.sum(
@@ -223,6 +234,9 @@ pub fn run_all(bin: &str, data: &Data, url: &str) -> Result<()> {
             sent("g-tcp-bg"),
             interleaved_sent,
         ));
+        for e in &lineage {
+            counts.push(count(e.name, m.sum(e.metric, &e.labels), e.expected));
+        }
         if let Some((read_bytes, sent_bytes)) = uring {
             counts.push(count(
                 "io_uring_read_watched",
@@ -305,7 +319,7 @@ fn read_args(file: &str) -> Vec<String> {
 }
 
 /// Runs the workload as `comm` and returns the count it reports under `key`.
-fn workload(bin: &str, data: &Data, comm: &str, args: &[String], key: &str) -> Result<u64> {
+pub fn workload(bin: &str, data: &Data, comm: &str, args: &[String], key: &str) -> Result<u64> {
     let out = Command::new(data.program(bin, comm)?)
         .args(args)
         .output()

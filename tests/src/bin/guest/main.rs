@@ -10,6 +10,7 @@
 //! the same checks runnable on the development machine.
 
 mod checks;
+mod lineage;
 mod system;
 
 use std::{

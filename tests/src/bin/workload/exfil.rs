@@ -174,9 +174,15 @@ pub fn mmap_send(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// `stdin-send --to ADDR [--mark-sent N]`: send whatever arrives on stdin
-/// (the last stage of a pipeline).
+/// `stdin-send --to ADDR [--mark-sent N] [--first-read F]`: send whatever
+/// arrives on stdin (the last stage of a pipeline); with `--first-read`,
+/// first read 4 KiB of F (an interpreter reading a `*.pth` at start-up).
 pub fn stdin_send(a: &Args) -> Result<()> {
+    if let Some(f) = a.opt("first-read") {
+        let mut head = [0u8; 4096];
+        let n = File::open(f)?.read(&mut head)?;
+        report(&[("first_read_bytes", n as u64)]);
+    }
     let mut out = Sender::open(a, "to")?;
     let mut buf = vec![0u8; 1 << 16];
     let mut stdin = std::io::stdin().lock();

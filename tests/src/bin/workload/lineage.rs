@@ -74,7 +74,10 @@ impl Listener {
             }
             Some(("unix", path)) => {
                 let _ = std::fs::remove_file(path);
-                Ok((Listener::Unix(UnixListener::bind(path)?), format!("unix:{path}")))
+                Ok((
+                    Listener::Unix(UnixListener::bind(path)?),
+                    format!("unix:{path}"),
+                ))
             }
             _ => die(&format!("bad endpoint {at}: tcp:ADDR or unix:PATH")),
         }
