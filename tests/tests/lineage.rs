@@ -778,6 +778,107 @@ fn copy_split_and_sent_by_many_small_senders() {
     assert_eq!(a["lineage"][1]["via"], "file", "{a}");
 }
 
+/// The audit log records the derived read with the weights file it came
+/// from, and `sensor tail` shows the derived bytes (and the chain on the
+/// alert line).
+#[test]
+fn audit_and_tail_show_derived_reads() {
+    let w = Weights::new();
+    let log = w.scratch("audit.log");
+    let s = scenario(&w)
+        .args(&[
+            "--audit-log",
+            p(&log),
+            "--audit-interval",
+            "1",
+            "--audit-fsync-secs",
+            "0",
+        ])
+        .start();
+    let socket = s.agent.tail_socket.to_str().unwrap().to_string();
+    let mut tail = Command::new(tests::sensor_bin())
+        .args([
+            "tail",
+            "--json",
+            "--socket",
+            &socket,
+            "--comm",
+            "ln-tail-send",
+        ])
+        .args(["--interval", "0.5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let copy = w.scratch("staged.bin");
+    sh(&format!("cp {} {}", w.str(), p(&copy)));
+    let (pid, crossed, _) = send_out(&s, "ln-tail-send", &copy);
+    lineage_alert(
+        &s,
+        "copy, for the audit log and tail",
+        "flow",
+        pid,
+        crossed,
+        &[hop("read").comm("cp"), hop("file").path(p(&copy))],
+        FILE_BYTES,
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = tail.kill();
+    let out = tail.wait_with_output().unwrap();
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let derived: u64 = lines
+        .iter()
+        .filter(|v| v["pid"].as_u64() == Some(pid) && v.get("rule").is_none())
+        .map(|v| v["derived_read_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(derived, FILE_BYTES, "tail's derived bytes: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["rule"] == "read_then_send" && v["lineage"][1]["via"] == "file"),
+        "the alert on tail's stream names the chain: {lines:?}"
+    );
+    let q = Command::new(tests::sensor_bin())
+        .args(["audit", "query", p(&log), "--file", w.str(), "--json"])
+        .output()
+        .unwrap();
+    let records: Vec<Value> = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let derived_reads: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["pid"].as_u64() == Some(pid))
+        .collect();
+    assert!(
+        !derived_reads.is_empty(),
+        "query --file WEIGHTS: {records:?}"
+    );
+    let total: u64 = derived_reads.iter().map(|r| u(r, "read_bytes")).sum();
+    // (Plus the sink's one-byte acknowledgement: it runs on this host, in a
+    // network namespace, and received weights.)
+    assert!(
+        (FILE_BYTES..=FILE_BYTES + 16).contains(&total),
+        "{total}: {derived_reads:?}"
+    );
+    for r in &derived_reads {
+        assert_eq!(r["via"], "file", "{r}");
+        assert_eq!(r["path"], p(&copy), "{r}");
+        assert_eq!(r["origin"], w.str(), "{r}");
+    }
+    // cp's own read of the weights is there too, as a plain watched read.
+    assert!(
+        records
+            .iter()
+            .any(|r| r["comm"] == "cp" && r["path"] == w.str() && r.get("via").is_none()),
+        "{records:?}"
+    );
+}
+
 // ------------------------------------------------------------------ benign
 
 fn silent(s: &Scene, what: &str, comm: &str, pids: &[u64]) {

@@ -257,11 +257,18 @@ impl Pipeline {
                 if let Some(last) = hops.last() {
                     let meta = self.enricher.meta(id.tgid, id.first_seen_ns);
                     let labels = labelled.of(id.tgid).cloned().unwrap_or_default();
-                    let (dev, inode) = match &last.source {
-                        Source::Node { key, .. } | Source::Watched { key, .. } => {
-                            (key.dev, key.ino)
-                        }
-                        _ => (0, 0),
+                    // Its main source may be a watched file while these bytes
+                    // came through a carrier of lesser weight: not that file's
+                    // record, and no path the kernel kept.
+                    let (dev, inode, via, path) = match &last.source {
+                        Source::Watched { .. } => (0, 0, "carrier", "secondary source".into()),
+                        Source::Node { key, .. } => (
+                            key.dev,
+                            key.ino,
+                            last.via.as_str(),
+                            self.paths.source(&last.source),
+                        ),
+                        other => (0, 0, last.via.as_str(), self.paths.source(other)),
                     };
                     out.accesses.push(Access {
                         pid: id.tgid,
@@ -273,11 +280,11 @@ impl Pipeline {
                         container: a.container.clone(),
                         pod: labels.pod,
                         namespace: labels.namespace,
-                        path: self.paths.source(&last.source),
+                        path,
                         dev,
                         inode,
                         read_bytes: a.lineage_read,
-                        via: last.via.as_str().into(),
+                        via: via.into(),
                         origin: hops
                             .first()
                             .map(|h| self.paths.source(&h.source))
