@@ -80,11 +80,19 @@ pub const EXEC_SCRATCH: &str = "EXEC_SCRATCH";
 pub const HOLD_SCRATCH: &str = "HOLD_SCRATCH";
 /// `HOLD_SCRATCH` holds one `Holding` per CPU.
 pub const HOLD_SCRATCH_SIZE: u32 = 1;
+/// Room to build a `ProcCounters` (`PerCpuArray<ProcCounters>`, kernel only).
+pub const COUNTERS_SCRATCH: &str = "COUNTERS_SCRATCH";
+/// `COUNTERS_SCRATCH` holds one `ProcCounters` per CPU.
+pub const COUNTERS_SCRATCH_SIZE: u32 = 1;
+/// Room to build a `Carrier` (`PerCpuArray<Carrier>`, kernel only).
+pub const CARRIER_SCRATCH: &str = "CARRIER_SCRATCH";
+/// `CARRIER_SCRATCH` holds one `Carrier` per CPU.
+pub const CARRIER_SCRATCH_SIZE: u32 = 1;
 /// Room to build a `CarrierPath` (`PerCpuArray<CarrierPath>`, kernel only).
 pub const PATH_SCRATCH: &str = "PATH_SCRATCH";
 
 /// Every map of the eBPF object.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 27] = [
     PROC_STATS,
     PROC_SPILL,
     PROC_INFO,
@@ -109,6 +117,8 @@ pub const ALL: [&str; 25] = [
     CARRIER_PATHS,
     PATH_SCRATCH,
     HOLD_SCRATCH,
+    CARRIER_SCRATCH,
+    COUNTERS_SCRATCH,
     LINEAGE_GEN,
 ];
 

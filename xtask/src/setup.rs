@@ -6,7 +6,8 @@
 //!   `libLLVM.so` links to nightly's `libLLVM.so.NN`, given as `LLVM_PREFIX`:
 //!   Debian's LLVM is too old, the default feature wants a newer LLVM);
 //! - Debian packages the tests use: bpftool, iproute2, util-linux (setsid),
-//!   prometheus-alertmanager, tmux (the `sensor tail` screen test).
+//!   prometheus-alertmanager, tmux (the `sensor tail` screen test), and the
+//!   tools the lineage scenarios stage weights with (gzip, openssl, coreutils).
 //!
 //! Only `tp_btf` programs are used, so tracefs need not be mounted.
 
@@ -42,6 +43,10 @@ pub fn test_tools() -> Result<()> {
         ("tmux", "tmux"),
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
+        ("gzip", "gzip"),
+        ("openssl", "openssl"),
+        ("split", "coreutils"),
+        ("tar", "tar"),
     ])?;
     kernel_tools()?;
     image_tools()?;

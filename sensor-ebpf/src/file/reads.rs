@@ -66,11 +66,6 @@ impl LastFile {
             ^ self.derived.rotate_left(53)
     }
 
-    #[inline(always)]
-    fn sealed(mut self) -> Self {
-        self.check = self.digest();
-        self
-    }
 }
 
 #[map(name = "LAST_FILE")]
@@ -96,52 +91,51 @@ fn describe(file: *const u8) -> Result<LastFile, Loss> {
         return Err(Loss::KernelReadError);
     };
     // SAFETY: this CPU's slot; copied out whole, then checked (see LastFile).
-    let cached = unsafe { core::ptr::read_volatile(slot) };
-    if cached.file == file as u64
-        && cached.inode == inode as u64
-        && cached.generation == generation
-        && cached.lineage == lineage
-        && cached.check == cached.digest()
+    let mut last = unsafe { core::ptr::read_volatile(slot) };
+    if last.file == file as u64
+        && last.inode == inode as u64
+        && last.generation == generation
+        && last.lineage == lineage
+        && last.check == last.digest()
     {
-        return Ok(cached);
+        return Ok(last);
     }
+    // Decided afresh in the same stack object (the stack is 512 bytes for
+    // the whole call chain; older kernels round each frame up to 32).
     let mode: u16 = read(inode, off!(inode_mode))?;
-    let mut fresh = LastFile {
-        file: file as u64,
-        inode: inode as u64,
-        generation,
-        kind: KIND_OTHER,
-        watched: 0,
-        dev: 0,
-        ino: 0,
-        lineage,
-        derived: 0,
-        check: 0,
-    };
+    last.file = file as u64;
+    last.inode = inode as u64;
+    last.generation = generation;
+    last.kind = KIND_OTHER;
+    last.watched = 0;
+    last.dev = 0;
+    last.ino = 0;
+    last.lineage = lineage;
+    last.derived = 0;
     match mode & S_IFMT {
         S_IFREG => {
             let (_, key) = fd::inode_key(inode)?;
-            fresh.kind = KIND_REGULAR;
-            fresh.dev = key.dev;
-            fresh.ino = key.ino;
-            fresh.watched = watch::is_watched(file, &key)? as u32;
-            if fresh.watched == 0 {
-                fresh.derived = carrier::is_file_carrier(&file_carrier(&fresh)) as u64;
+            last.kind = KIND_REGULAR;
+            last.dev = key.dev;
+            last.ino = key.ino;
+            last.watched = watch::is_watched(file, &key)? as u32;
+            if last.watched == 0 {
+                last.derived = carrier::is_file_carrier(&file_carrier(&last)) as u64;
             }
         }
         S_IFIFO => {
             let (_, key) = fd::inode_key(inode)?;
-            fresh.kind = KIND_FIFO;
-            fresh.dev = key.dev;
-            fresh.ino = key.ino;
+            last.kind = KIND_FIFO;
+            last.dev = key.dev;
+            last.ino = key.ino;
         }
-        S_IFSOCK => fresh.kind = KIND_SOCKET,
+        S_IFSOCK => last.kind = KIND_SOCKET,
         _ => {}
     }
-    let fresh = fresh.sealed();
+    last.check = last.digest();
     // SAFETY: as above; a torn write is caught by the next reader's check.
-    unsafe { core::ptr::write_volatile(slot, fresh) };
-    Ok(fresh)
+    unsafe { core::ptr::write_volatile(slot, last) };
+    Ok(last)
 }
 
 #[inline(always)]

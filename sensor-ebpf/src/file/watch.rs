@@ -157,12 +157,18 @@ fn extension_bit(dentry: *const u8) -> Result<u64, Loss> {
         return Ok(0);
     }
     let mut key = ExtKey { ext: [0; EXT_LEN] };
+    // Opaque to the compiler: knowing `n <= EXT_LEN` it would drop the mask
+    // below, and older verifiers (6.1), having lost that bound when `n` was
+    // spilled, refuse the read past the stack slot.
+    // SAFETY: a read of a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
     for i in 0..EXT_LEN - 1 {
         let j = dot + 1 + i;
         if j >= n {
             break;
         }
-        if let (Some(out), Some(&b)) = (key.ext.get_mut(i), tail.get(j)) {
+        let b = tail[j & (EXT_LEN - 1)];
+        if let Some(out) = key.ext.get_mut(i) {
             *out = b.to_ascii_lowercase();
         }
     }

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use sensor_common::{
     lineage::{
@@ -42,6 +42,11 @@ fn map_of(key: &CarrierKey) -> &'static LruHashMap<CarrierKey, Carrier> {
         &CARRIERS
     }
 }
+
+/// Room to build a new `Carrier`.
+#[map(name = "CARRIER_SCRATCH")]
+static CARRIER_SCRATCH: PerCpuArray<Carrier> =
+    PerCpuArray::with_max_entries(maps::CARRIER_SCRATCH_SIZE, 0);
 
 #[map(name = "LINEAGE_GEN")]
 static LINEAGE_GEN: Array<u64> = Array::with_max_entries(maps::LINEAGE_GEN_SIZE, 0);
@@ -271,17 +276,23 @@ fn put(
         }
         return;
     }
-    let c = Carrier {
-        bytes: bytes.min(h.bytes),
-        flow: h.flow,
-        origin: h.origin,
-        writer: tgid,
-        port,
-        _pad: 0,
-        addr,
-        comm: h.comm,
+    // Built in this CPU's scratch slot: the stack is 512 bytes for the
+    // whole call chain.
+    let Some(c) = CARRIER_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
-    if map.insert(key, c, BPF_NOEXIST as u64).is_err() {
+    // SAFETY: this CPU's scratch slot, filled then copied into the map.
+    let c = unsafe { &mut *c };
+    c.bytes = bytes.min(h.bytes);
+    c.flow = h.flow;
+    c.origin = h.origin;
+    c.writer = tgid;
+    c.port = port;
+    c._pad = 0;
+    c.addr = addr;
+    c.comm = h.comm;
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    if map.insert(key, &*c, BPF_NOEXIST as u64).is_err() {
         return;
     }
     let sockets = key.via == VIA_UNIX || key.via == VIA_LOOPBACK;
@@ -307,13 +318,14 @@ fn put(
 /// takes in (0 when `key` carries nothing, or it is its own writing).
 #[inline(always)]
 pub fn read_from(tgid: u32, key: CarrierKey, bytes: u64) -> u64 {
-    // SAFETY: a plain value copied out at once.
-    let Some(c) = (unsafe { map_of(&key).get(key) }).copied() else {
+    // SAFETY: the map value, read in place (not copied onto the 512-byte
+    // stack); an entry reused meanwhile gives another carrier's figures.
+    let Some(c) = (unsafe { map_of(&key).get(key) }) else {
         return 0;
     };
     // Reading back what it wrote itself adds nothing (no self-amplifying loop).
     if c.writer == tgid {
         return 0;
     }
-    holding::take(tgid, key, bytes, c.bytes, Some(&c), None)
+    holding::take(tgid, key, bytes, c.bytes, Some(c), None)
 }

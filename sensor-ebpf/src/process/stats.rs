@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{LruPerCpuHashMap, PerCpuHashMap},
+    maps::{LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
 };
 use sensor_common::{maps, Loss, ProcCounters, OVERFLOW_TGID};
 
@@ -18,6 +18,33 @@ static PROC_STATS: PerCpuHashMap<u32, ProcCounters> =
 #[map(name = "PROC_SPILL")]
 static PROC_SPILL: LruPerCpuHashMap<u32, ProcCounters> =
     LruPerCpuHashMap::with_max_entries(maps::proc_spill_size(maps::DEFAULT_MAX_PROCS), 0);
+
+/// Room to build a new entry: the 512-byte stack is shared by the whole
+/// call chain of a program (and older kernels round each frame up).
+#[map(name = "COUNTERS_SCRATCH")]
+static COUNTERS_SCRATCH: PerCpuArray<ProcCounters> =
+    PerCpuArray::with_max_entries(maps::COUNTERS_SCRATCH_SIZE, 0);
+
+/// A fresh entry, born now, in this CPU's scratch slot (field by field:
+/// no struct built on the stack).
+#[inline(always)]
+fn fresh() -> Option<&'static ProcCounters> {
+    let p = COUNTERS_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, read right after by the insert.
+    unsafe {
+        (*p).read_bytes = 0;
+        (*p).read_ops = 0;
+        (*p).watched_read_bytes = 0;
+        (*p).watched_read_ops = 0;
+        (*p).sent_bytes = 0;
+        (*p).send_ops = 0;
+        (*p).distinct_read_bytes = 0;
+        (*p).derived_read_bytes = 0;
+        (*p).relayed_bytes = 0;
+        (*p).born_ns = bpf_ktime_get_ns();
+        Some(&*p)
+    }
+}
 
 /// The thread-group id of the current task.
 #[inline(always)]
@@ -36,11 +63,7 @@ pub fn counters_of(tgid: u32) -> Result<*mut ProcCounters, Loss> {
     let (c, created) = slot_of!(
         PROC_STATS,
         tgid,
-        ProcCounters {
-            // SAFETY: a helper without preconditions.
-            born_ns: unsafe { bpf_ktime_get_ns() },
-            ..ProcCounters::default()
-        },
+        fresh().ok_or(Loss::ProcMapFull)?,
         spill: PROC_SPILL,
         full: Loss::ProcMapFull,
         overflow: OVERFLOW_TGID,

@@ -745,6 +745,8 @@ mod tests {
             (names::CARRIER_PATHS, names::CARRIER_PATHS_SIZE),
             (names::PATH_SCRATCH, names::PATH_SCRATCH_SIZE),
             (names::HOLD_SCRATCH, names::HOLD_SCRATCH_SIZE),
+            (names::CARRIER_SCRATCH, names::CARRIER_SCRATCH_SIZE),
+            (names::COUNTERS_SCRATCH, names::COUNTERS_SCRATCH_SIZE),
             (names::LINEAGE_GEN, names::LINEAGE_GEN_SIZE),
         ] {
             let map = obj

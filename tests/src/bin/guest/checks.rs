@@ -121,6 +121,18 @@ fn per_call(name: &str) -> u64 {
 /// Runs every workload, then compares; prints the hooks and each count.
 pub fn run_all(bin: &str, data: &Data, url: &str) -> Result<()> {
     let hooks = report_hooks(&scrape(url)?);
+    // An optional hook this kernel offers must attach: a program the
+    // verifier newly refuses would otherwise pass as "not offered here".
+    let release = crate::system::kernel_release();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    if version >= (5, 19)
+        && hooks.get("file_read_io_uring").map(String::as_str) == Some("none")
+    {
+        bail!("io_uring_complete exists on {release} but its program did not attach");
+    }
     let w = Data::watched_in(&data.root).display().to_string();
     let watched = workload(bin, data, "g-read-w", &read_args(&w), "read_bytes")?;
     let unwatched_path = Data::unwatched_in(&data.root).display().to_string();

@@ -95,7 +95,7 @@ pub fn run(bin: &str, data: &Data) -> Result<Vec<Expect>> {
         ),
     ] {
         let (sink, drained) = drain()?;
-        let (mut proxy, at) = listening(Command::new(data.program(bin, comm)?).args([
+        let (mut proxy, at, mut report) = listening(Command::new(data.program(bin, comm)?).args([
             "proxy",
             "--listen",
             &listen,
@@ -109,6 +109,9 @@ pub fn run(bin: &str, data: &Data) -> Result<Vec<Expect>> {
             &strings(&["send-local", "--file", &w, "--to", &at]),
             "sent_bytes",
         )?;
+        // Its report (its stdout must stay open until it exits).
+        let mut rest = String::new();
+        report.read_to_string(&mut rest)?;
         let status = proxy.wait()?;
         if !status.success() {
             bail!("{comm} failed: {status}");
@@ -161,15 +164,17 @@ fn ensure_drained(
     Ok(())
 }
 
-/// Starts a proxy and reads its `listening ENDPOINT` line.
-fn listening(cmd: &mut Command) -> Result<(Child, String)> {
+/// Starts a proxy and reads its `listening ENDPOINT` line; its stdout, to
+/// read the rest from.
+fn listening(cmd: &mut Command) -> Result<(Child, String, BufReader<std::process::ChildStdout>)> {
     let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().context("proxy stdout")?).read_line(&mut line)?;
+    let mut out = BufReader::new(child.stdout.take().context("proxy stdout")?);
+    out.read_line(&mut line)?;
     let at = line
         .strip_prefix("listening ")
         .with_context(|| format!("proxy did not start: {line:?}"))?
         .trim()
         .to_string();
-    Ok((child, at))
+    Ok((child, at, out))
 }
