@@ -60,11 +60,14 @@ pub enum Loss {
     /// routine when a holder talks to many peers: the least recently used
     /// connections go first).
     SocketCarrierEvicted = 15,
+    /// Found by user space: an identity left the `slow_exfil` ledger (its
+    /// memory bound was reached; the least recently active go first).
+    LedgerEvicted = 16,
 }
 
 impl Loss {
     /// How many reasons there are: the loss slots are `0..COUNT`.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in slot order.
     pub const ALL: [Loss; Loss::COUNT] = [
@@ -84,6 +87,7 @@ impl Loss {
         Loss::TakenEvicted,
         Loss::WatchedFileEvicted,
         Loss::SocketCarrierEvicted,
+        Loss::LedgerEvicted,
     ];
 
     /// The `reason` label of `sensor_lost_events_total`.
@@ -105,6 +109,7 @@ impl Loss {
             Loss::TakenEvicted => "taken_evicted",
             Loss::WatchedFileEvicted => "watched_file_evicted",
             Loss::SocketCarrierEvicted => "socket_carrier_evicted",
+            Loss::LedgerEvicted => "ledger_evicted",
         }
     }
 
@@ -191,6 +196,7 @@ mod tests {
                 "taken_evicted",
                 "watched_file_evicted",
                 "socket_carrier_evicted",
+                "ledger_evicted",
             ]
         );
     }

@@ -30,6 +30,22 @@ pub enum Command {
     /// The access audit log written by `sensor run --audit-log`.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The long-horizon ledger of rule `slow_exfil` (read from the state
+    /// dir; no agent needed).
+    Ledger(LedgerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    /// The agent's `--state-dir` [default: /var/lib/sensor].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// JSON lines: one per identity, then one per gap.
+    #[arg(long)]
+    pub json: bool,
+    /// Destination networks listed per identity.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
 }
 
 #[derive(Debug, Subcommand)]

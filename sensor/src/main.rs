@@ -11,6 +11,7 @@ mod enrich;
 mod export;
 mod failure;
 mod kernel;
+mod ledger;
 mod tail;
 mod util;
 
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => cmd::tail::main(args),
         Command::Check(args) => cmd::check::main(args),
         Command::Audit(cmd) => audit::main(cmd),
+        Command::Ledger(args) => cmd::ledger::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

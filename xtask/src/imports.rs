@@ -21,9 +21,9 @@ use anyhow::{bail, Context as _, Result};
 
 /// The stage folders, in data-path order: a folder may import from the
 /// folders before it, never from those after it.
-pub const STAGES: [&str; 11] = [
-    "util", "config", "kernel", "collect", "enrich", "detect", "alerts", "export", "audit", "tail",
-    "cmd",
+pub const STAGES: [&str; 12] = [
+    "util", "config", "kernel", "collect", "enrich", "detect", "ledger", "alerts", "export",
+    "audit", "tail", "cmd",
 ];
 
 /// A module path (`["kernel", "loader"]`) and the file it lives in.

@@ -65,7 +65,6 @@ impl LastFile {
             ^ self.lineage.wrapping_mul(0x2545_f491_4f6c_dd1d)
             ^ self.derived.rotate_left(53)
     }
-
 }
 
 #[map(name = "LAST_FILE")]

@@ -3,6 +3,8 @@
 //! Alertmanager push runs on its own thread behind a bounded queue; what
 //! does not fit is dropped and counted.
 
+pub mod slow;
+
 use std::{
     fs::{File, OpenOptions},
     io::Write,

@@ -2,6 +2,7 @@
 //! audit trail), `sensor tail` standalone, `sensor check`.
 
 pub mod check;
+pub mod ledger;
 pub mod pipeline;
 pub mod run;
 pub mod runner;

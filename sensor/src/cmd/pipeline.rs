@@ -9,18 +9,24 @@ use std::{
 };
 
 use crate::{
-    alerts::{AlertJson, Context, TamperAlertJson},
+    alerts::{slow::SlowExfilJson, AlertJson, Context, TamperAlertJson},
     audit::{Access, AuditPoll, Destination},
     collect::{resident, Collector, Poll, Snapshot},
     config::Config,
-    detect::{blind::BlindWatch, Activity, Detector},
+    detect::{
+        blind::BlindWatch,
+        ledger::{network_of, Entry, Ledger, LedgerConfig, MAX_CELLS},
+        Activity, Detector,
+    },
     enrich::{
         destination::DestClass,
+        identity::identity,
         label::{Enricher, Labelled},
         paths::PathCache,
     },
     export::metrics::Metrics,
     kernel::{lineage::Source, loader::Sensor, watch::WatchSet},
+    ledger::store::Store,
     tail::record::{ActivityRecord, DestBytes},
     util::{sysinfo, time::rfc3339},
 };
@@ -54,6 +60,11 @@ pub struct Pipeline {
     /// Lineage map entries found lost so far (holdings, carriers, socket
     /// carriers, taken, watched files).
     lineage_lost: [u64; 5],
+    /// Rule `slow_exfil`: the ledger, and where it is kept.
+    ledger: Ledger,
+    store: Store,
+    ledger_evicted: u64,
+    ledger_errors: u64,
 }
 
 /// Polls between two counts of the lineage maps' entries (each count walks
@@ -62,6 +73,15 @@ const LINEAGE_CHECK_EVERY: u64 = 10;
 
 impl Pipeline {
     pub fn new(cfg: &Config, watch: &WatchSet, metrics: Metrics) -> Self {
+        let (ledger, store) = Store::open(
+            &cfg.ledger.state_dir,
+            LedgerConfig {
+                horizon_secs: cfg.ledger.horizon.as_secs(),
+                send_bytes: cfg.ledger.send_bytes,
+                max_cells: MAX_CELLS,
+            },
+            unix_now(),
+        );
         Self {
             collector: Collector::new(prune_after_polls(cfg)),
             metrics,
@@ -76,6 +96,10 @@ impl Pipeline {
             flows: HashMap::new(),
             polls: 0,
             lineage_lost: [0; 5],
+            ledger,
+            store,
+            ledger_evicted: 0,
+            ledger_errors: 0,
         }
     }
 
@@ -171,6 +195,7 @@ impl Pipeline {
                 .count_alert(json.rule, &json.comm, &json.container);
             out.alerts.push(json);
         }
+        out.notices.extend(self.slow_exfil(&activity, &labelled));
         for p in poll.procs.iter().filter(|p| p.exited) {
             self.flows.remove(&p.tgid);
         }
@@ -202,6 +227,106 @@ impl Pipeline {
             )?;
         }
         Ok(out)
+    }
+
+    /// Rule `slow_exfil`: this poll's activity into the ledger (journaled
+    /// first), and the alert lines it raises.
+    fn slow_exfil(&mut self, activity: &[Activity], labelled: &Labelled) -> Vec<String> {
+        let now = unix_now();
+        let mut by_id: HashMap<String, Entry> = HashMap::new();
+        for a in activity {
+            let id = &a.identity;
+            let sends: Vec<(String, u64)> = a
+                .sends
+                .iter()
+                .filter(|(_, class, _)| *class == DestClass::Untrusted)
+                .map(|(ep, _, bytes)| {
+                    let net = match ep {
+                        crate::collect::endpoint::Endpoint::Ip(ip, _) => network_of(*ip),
+                        other => other.addr_port().0,
+                    };
+                    (net, *bytes)
+                })
+                .collect();
+            let read = a.watched_read + a.lineage_read;
+            if read == 0 && sends.is_empty() {
+                continue;
+            }
+            let labels = match labelled.of(id.tgid) {
+                Some(l) => l.clone(),
+                None => self.enricher.labels_of(id),
+            };
+            let meta = self.enricher.meta(id.tgid, id.first_seen_ns);
+            let who = identity(
+                id.uid,
+                &meta.exe,
+                &labels.container,
+                &labels.pod,
+                &labels.namespace,
+            );
+            let e = by_id.entry(who.clone()).or_insert_with(|| Entry {
+                identity: who,
+                pid: id.tgid,
+                comm: id.comm.clone(),
+                read: 0,
+                sends: Vec::new(),
+            });
+            e.read += read;
+            for (net, bytes) in sends {
+                match e.sends.iter_mut().find(|(n, _)| *n == net) {
+                    Some(x) => x.1 += bytes,
+                    None => e.sends.push((net, bytes)),
+                }
+            }
+            if !e.sends.is_empty() {
+                e.pid = id.tgid;
+                e.comm.clone_from(&id.comm);
+            }
+        }
+        let mut entries: Vec<Entry> = by_id.into_values().collect();
+        entries.sort_by(|a, b| a.identity.cmp(&b.identity));
+        for e in &entries {
+            let sent: u64 = e.sends.iter().map(|(_, b)| *b).sum();
+            if sent > 0 {
+                self.metrics.count_ledger_sent(&e.identity, sent);
+            }
+        }
+        // Journaled before it is judged: no alert on bytes a restart forgets.
+        self.store.record(self.ledger.bucket_of(now), now, &entries);
+        let mut lines = Vec::new();
+        let horizon = self.ledger.cfg.horizon_secs;
+        let bucket = self.ledger.cfg.bucket_secs();
+        for a in self.ledger.observe(now, &entries) {
+            tracing::warn!(identity = %a.identity, network = %a.network, sent = a.sent_bytes, "slow_exfil");
+            self.metrics
+                .count_alert(crate::detect::ledger::RULE_SLOW_EXFIL, &a.comm, "");
+            lines.push(
+                SlowExfilJson::new(&a, &self.host, horizon, bucket, SystemTime::now()).to_line(),
+            );
+        }
+        if self.polls % 60 == 0 {
+            self.ledger.expire(now);
+        }
+        self.store.tick(&self.ledger, now);
+        self.metrics
+            .ledger_identities
+            .set(self.ledger.ids.len() as i64);
+        self.metrics.ledger_cells.set(self.ledger.cells() as i64);
+        self.metrics
+            .ledger_errors
+            .inc_by(self.store.errors.saturating_sub(self.ledger_errors));
+        self.ledger_errors = self.store.errors;
+        self.metrics.count_lost(
+            sensor_common::Loss::LedgerEvicted,
+            self.ledger.evicted.saturating_sub(self.ledger_evicted),
+        );
+        self.ledger_evicted = self.ledger.evicted;
+        lines
+    }
+
+    /// At shutdown: the ledger written whole (the journal folded in).
+    pub fn stop(&mut self) {
+        self.store.compact(&self.ledger, unix_now());
     }
 
     /// Every few polls: entries the lineage maps (LRU) dropped, into this
@@ -430,6 +555,14 @@ fn records(poll: &Poll, labelled: &Labelled) -> Vec<ActivityRecord> {
         r.finish();
     }
     records
+}
+
+/// Wall-clock seconds since the epoch (the ledger's buckets).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Entries of live processes idle this long leave the kernel maps

@@ -153,6 +153,7 @@ async fn run(cfg: Config, watch: WatchSet) -> Result<(), Failure> {
             Ok(())
         })
         .await?;
+    runner.pipeline.stop();
     trail.stop("SIGTERM or SIGINT");
     shutdown.cancel();
     drop(runner);

@@ -47,7 +47,7 @@ const fn list(
     }
 }
 
-pub const KEYS: [Key; 26] = [
+pub const KEYS: [Key; 29] = [
     list("watch", "PATH_OR_GLOB", "see below", "what counts as weights; repeatable"),
     key("metrics-addr", "HOST:PORT", "`127.0.0.1:9464`", "where `/metrics` and `/healthz` listen"),
     list("trusted-cidr", "CIDR", "none", "trusted destination networks; repeatable; loopback is always trusted"),
@@ -59,6 +59,9 @@ pub const KEYS: [Key; 26] = [
     key("min-read-bytes", "SIZE", "64MiB", "watched bytes an actor must read in the window"),
     key("min-send-bytes", "SIZE", "32MiB", "untrusted bytes an actor must send in the window"),
     key("min-send-ratio", "R", "0.5", "untrusted sent / watched read"),
+    key("horizon", "DURATION", "30d", "the long horizon of rule `slow_exfil`: plain seconds or with a unit (`3600`, `90m`, `12h`, `30d`)"),
+    key("horizon-send-bytes", "SIZE", "1GiB", "untrusted bytes one identity must send to ONE destination network (IPv4 /24, IPv6 /64) over the horizon, having read watched data"),
+    key("state-dir", "DIR", "`/var/lib/sensor`", "where the ledger of `slow_exfil` is kept across restarts (`sensor ledger` reads it)"),
     key("poll-interval-ms", "MS", "1000", "how often the kernel maps are read"),
     key("max-comm-labels", "N", "256", "distinct `comm` label values before folding into `other`"),
     key("max-processes", "N", "16384", "processes the kernel maps hold at once (destinations: 2×), plus spills of a quarter (processes) and a half (destinations)"),

@@ -69,6 +69,49 @@ impl Default for DetectConfig {
     }
 }
 
+/// Rule `slow_exfil` and where its ledger is kept.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LedgerSettings {
+    pub horizon: Duration,
+    pub send_bytes: u64,
+    pub state_dir: PathBuf,
+}
+
+/// Where the ledger is kept unless configured (`--state-dir`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sensor";
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            horizon: Duration::from_secs(30 * 86_400),
+            send_bytes: 1 << 30,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
+
+/// A duration: plain seconds, or a number with `s`, `m`, `h` or `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| {
+        "expected seconds or a number with s, m, h or d (e.g. 3600, 12h, 30d)".to_string()
+    })?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "too long".to_string())
+}
+
 /// The access audit log (`--audit-log` and its knobs).
 #[derive(Clone, PartialEq)]
 pub struct AuditConfig {
@@ -154,6 +197,7 @@ pub struct Config {
     pub btf_path: PathBuf,
     pub web: crate::config::web::WebConfig,
     pub audit: Option<AuditConfig>,
+    pub ledger: LedgerSettings,
 }
 
 impl PartialEq for crate::config::web::WebConfig {
@@ -191,6 +235,7 @@ impl Default for Config {
             btf_path: PathBuf::from(VMLINUX_BTF),
             web: crate::config::web::WebConfig::default(),
             audit: None,
+            ledger: LedgerSettings::default(),
         }
     }
 }
@@ -263,6 +308,30 @@ impl Config {
         }
         if let Some(v) = one("min-send-ratio") {
             cfg.detect.min_send_ratio = parse_ratio(&v)?;
+        }
+        if let Some(v) = one("horizon") {
+            let d = parse_duration(&v).map_err(|e| invalid("horizon", &v, e))?;
+            if !(60..=400 * 86_400).contains(&d.as_secs()) {
+                return Err(invalid("horizon", &v, "expected 60 s to 400 days"));
+            }
+            cfg.ledger.horizon = d;
+        }
+        if let Some(v) = one("horizon-send-bytes") {
+            cfg.ledger.send_bytes = match parse_size(&v) {
+                Ok(n) if n > 0 => n,
+                Ok(_) => return Err(invalid("horizon-send-bytes", &v, "must be more than 0")),
+                Err(e) => return Err(invalid("horizon-send-bytes", &v, e)),
+            };
+        }
+        if let Some(p) = path("state-dir") {
+            if p.as_os_str().is_empty() || p.is_file() {
+                return Err(invalid(
+                    "state-dir",
+                    &p.display().to_string(),
+                    "expected a directory",
+                ));
+            }
+            cfg.ledger.state_dir = p;
         }
         if let Some(v) = one("poll-interval-ms") {
             let ms = parse_count("poll-interval-ms", &v, 10, 60_000)?;
@@ -573,6 +642,17 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_seconds_or_a_unit() {
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+        assert!(parse_duration("30w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
     fn defaults() {
         let cfg = Config::from_args(&args()).unwrap();
         assert_eq!(cfg, Config::default());
@@ -650,6 +730,18 @@ mod tests {
             ),
             (args().with("min-send-ratio", "-1"), "min-send-ratio", "-1"),
             (args().with("window", "0"), "window", "0"),
+            (args().with("horizon", "30x"), "horizon", "30x"),
+            (args().with("horizon", "10"), "horizon", "10"),
+            (
+                args().with("horizon-send-bytes", "0"),
+                "horizon-send-bytes",
+                "0",
+            ),
+            (
+                args().with("state-dir", "/etc/hostname"),
+                "state-dir",
+                "/etc/hostname",
+            ),
             (
                 args().with("alertmanager-url", "ftp://x"),
                 "alertmanager-url",
@@ -812,7 +904,8 @@ mod tests {
                     "max-comm-labels", "max-processes", "prune-idle-secs", "tail-socket", "pods-dir", "btf-path",
                     "audit-log", "audit-interval", "audit-max-bytes", "audit-max-files",
                     "audit-fsync-secs", "audit-key-file", "audit-max-records-per-process",
-                    "alertmanager-ca-file", "alertmanager-bearer-token-file",
+                    "alertmanager-ca-file", "alertmanager-bearer-token-file", "horizon",
+                    "horizon-send-bytes", "state-dir",
                 ]),
                 value in "[ -~]{0,40}",
             ) {

@@ -19,6 +19,7 @@
 //! narrowest actor that explains the flow is the one reported.
 
 pub mod blind;
+pub mod ledger;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 

@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod destination;
+pub mod identity;
 pub mod label;
 pub mod paths;
 pub mod pods;

@@ -48,7 +48,16 @@ pub struct Metrics {
     /// Entries in each counting map after the last poll.
     pub map_entries: IntGaugeVec,
     comms: LabelFolder,
+    /// Untrusted bytes per identity (rule `slow_exfil`'s ledger).
+    ledger_sent: IntCounterVec,
+    pub ledger_identities: IntGauge,
+    pub ledger_cells: IntGauge,
+    pub ledger_errors: prometheus::IntCounter,
+    identities: LabelFolder,
 }
+
+/// Distinct `identity` label values before folding into `other`.
+pub const MAX_IDENTITY_LABELS: usize = 100;
 
 impl Metrics {
     pub fn new(max_comm_labels: usize, kernel: &str) -> Result<Self, prometheus::Error> {
@@ -188,6 +197,23 @@ impl Metrics {
             "sensor_audit_records_folded_total",
             "Files folded into one summary audit record because a process passed audit-max-records-per-process in an interval.",
         )?;
+        let ledger_sent = counter_vec(
+            "sensor_ledger_untrusted_sent_bytes_total",
+            "Bytes sent to untrusted destinations per identity (uid and executable on the host, workload and executable in a container; the first 100 identities seen, the rest folded into identity=\"other\").",
+            &["identity"],
+        )?;
+        let ledger_identities = gauge(
+            "sensor_ledger_identities",
+            "Identities the slow_exfil ledger holds over the horizon.",
+        )?;
+        let ledger_cells = gauge(
+            "sensor_ledger_cells",
+            "Cells (identity × network or read series × bucket) the slow_exfil ledger holds.",
+        )?;
+        let ledger_errors = counter(
+            "sensor_ledger_state_errors_total",
+            "Failed writes of the ledger's state dir (counting continues in memory).",
+        )?;
         let map_entries = gauge_vec(
             "sensor_map_entries",
             "Entries in the kernel's counting maps after the last poll (spill maps included).",
@@ -219,6 +245,11 @@ impl Metrics {
             audit_folded,
             map_entries,
             comms: LabelFolder::new(max_comm_labels),
+            ledger_sent,
+            ledger_identities,
+            ledger_cells,
+            ledger_errors,
+            identities: LabelFolder::new(MAX_IDENTITY_LABELS),
         })
     }
 
@@ -236,6 +267,19 @@ impl Metrics {
         self.probe_info
             .with_label_values(&[capability, hook])
             .set(attached as i64);
+    }
+
+    /// Losses found outside a poll's counters.
+    pub fn count_lost(&self, reason: Loss, n: u64) {
+        if n > 0 {
+            self.lost.with_label_values(&[reason.label()]).inc_by(n);
+        }
+    }
+
+    /// Untrusted bytes of one identity this poll.
+    pub fn count_ledger_sent(&mut self, identity: &str, bytes: u64) {
+        let id = self.identities.fold(identity);
+        self.ledger_sent.with_label_values(&[id]).inc_by(bytes);
     }
 
     pub fn count_alert(&mut self, rule: &str, comm: &str, container: &str) {

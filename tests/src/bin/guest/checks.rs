@@ -128,9 +128,7 @@ pub fn run_all(bin: &str, data: &Data, url: &str) -> Result<()> {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|p| p.parse::<u32>().ok());
     let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
-    if version >= (5, 19)
-        && hooks.get("file_read_io_uring").map(String::as_str) == Some("none")
-    {
+    if version >= (5, 19) && hooks.get("file_read_io_uring").map(String::as_str) == Some("none") {
         bail!("io_uring_complete exists on {release} but its program did not attach");
     }
     let w = Data::watched_in(&data.root).display().to_string();

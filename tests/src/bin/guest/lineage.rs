@@ -95,13 +95,14 @@ pub fn run(bin: &str, data: &Data) -> Result<Vec<Expect>> {
         ),
     ] {
         let (sink, drained) = drain()?;
-        let (mut proxy, at, mut report) = listening(Command::new(data.program(bin, comm)?).args([
-            "proxy",
-            "--listen",
-            &listen,
-            "--to",
-            &format!("tcp:{sink}"),
-        ]))?;
+        let (mut proxy, at, mut report) =
+            listening(Command::new(data.program(bin, comm)?).args([
+                "proxy",
+                "--listen",
+                &listen,
+                "--to",
+                &format!("tcp:{sink}"),
+            ]))?;
         workload(
             bin,
             data,

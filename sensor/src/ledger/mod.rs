@@ -1,0 +1,3 @@
+//! The ledger of rule `slow_exfil` kept across restarts (`--state-dir`).
+
+pub mod store;
