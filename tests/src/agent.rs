@@ -75,6 +75,10 @@ impl Agent {
                 p
             }
         };
+        // Each agent its own ledger (`/var/lib/sensor` is the host's).
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(socket_dir.path().join("state"));
+        }
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
@@ -198,6 +202,12 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL, then wait for exit (a crash: nothing flushed).
+    pub fn kill(mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait for sensor")
     }
 
     /// SIGTERM, then wait for exit.

@@ -43,6 +43,14 @@ pub fn program(comm: &str) -> PathBuf {
     link
 }
 
+/// The workload binary itself (to copy: a test that needs its own
+/// executable path).
+pub fn binary() -> PathBuf {
+    let target = crate::target_dir().join("sensor-workload");
+    assert!(target.exists(), "{} not built", target.display());
+    target
+}
+
 /// `setsid -w <workload as comm>`: a new session, waited for.
 pub fn command(comm: &str) -> Command {
     let mut c = Command::new("setsid");

@@ -296,7 +296,10 @@ impl Pipeline {
         let mut lines = Vec::new();
         let horizon = self.ledger.cfg.horizon_secs;
         let bucket = self.ledger.cfg.bucket_secs();
-        for a in self.ledger.observe(now, &entries) {
+        let raised = self.ledger.observe(now, &entries);
+        self.store
+            .record_alerts(self.ledger.bucket_of(now), now, &raised);
+        for a in raised {
             tracing::warn!(identity = %a.identity, network = %a.network, sent = a.sent_bytes, "slow_exfil");
             self.metrics
                 .count_alert(crate::detect::ledger::RULE_SLOW_EXFIL, &a.comm, "");
@@ -304,7 +307,7 @@ impl Pipeline {
                 SlowExfilJson::new(&a, &self.host, horizon, bucket, SystemTime::now()).to_line(),
             );
         }
-        if self.polls % 60 == 0 {
+        if self.polls.is_multiple_of(60) {
             self.ledger.expire(now);
         }
         self.store.tick(&self.ledger, now);

@@ -22,7 +22,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::ledger::{Entry, IdState, Ledger, LedgerConfig};
+use crate::detect::ledger::{Entry, IdState, Ledger, LedgerConfig, SlowExfil};
 
 /// The snapshot's format; another is moved aside, not misread.
 pub const VERSION: u32 = 1;
@@ -55,12 +55,20 @@ pub struct Snapshot {
     pub gaps: Vec<Gap>,
 }
 
-/// One poll's deltas: `(identity, pid, comm, read, [(network, bytes)])`.
-#[derive(Debug, Serialize, Deserialize)]
+/// A journaled entry: `(identity, pid, comm, read, [(network, bytes)])`.
+type EntryLine = (String, u32, String, u64, Vec<(String, u64)>);
+
+/// One poll's deltas: `(identity, pid, comm, read, [(network, bytes)])`;
+/// or the alerts it raised: `(identity, network, total)` (so one alert per
+/// horizon holds across a crash).
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Line {
     t: u64,
     b: u64,
-    e: Vec<(String, u32, String, u64, Vec<(String, u64)>)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    e: Vec<EntryLine>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    a: Vec<(String, String, u64)>,
 }
 
 pub struct Store {
@@ -150,6 +158,9 @@ impl Store {
             };
             match serde_json::from_str::<Line>(&line) {
                 Ok(l) => {
+                    for (identity, network, total) in l.a {
+                        ledger.mark_alerted(&identity, &network, l.b, total);
+                    }
                     for (identity, pid, comm, read, sends) in l.e {
                         ledger.add(
                             l.b,
@@ -172,6 +183,23 @@ impl Store {
         }
     }
 
+    /// Appends the alerts a poll raised.
+    pub fn record_alerts(&mut self, bucket: u64, now: u64, alerts: &[SlowExfil]) {
+        if alerts.is_empty() {
+            return;
+        }
+        let line = Line {
+            t: now,
+            b: bucket,
+            a: alerts
+                .iter()
+                .map(|a| (a.identity.clone(), a.network.clone(), a.sent_bytes))
+                .collect(),
+            ..Line::default()
+        };
+        self.append(&line, now);
+    }
+
     /// Appends one poll's deltas (before they are evaluated: an alert is
     /// never raised on bytes the ledger would not remember).
     pub fn record(&mut self, bucket: u64, now: u64, entries: &[Entry]) {
@@ -181,6 +209,7 @@ impl Store {
         let line = Line {
             t: now,
             b: bucket,
+            a: Vec::new(),
             e: entries
                 .iter()
                 .map(|e| {
@@ -194,7 +223,11 @@ impl Store {
                 })
                 .collect(),
         };
-        let Ok(mut text) = serde_json::to_string(&line) else {
+        self.append(&line, now);
+    }
+
+    fn append(&mut self, line: &Line, now: u64) {
+        let Ok(mut text) = serde_json::to_string(line) else {
             return;
         };
         text.push('\n');
@@ -413,6 +446,85 @@ mod tests {
         );
         assert_eq!(l2.totals("uid=0 exe=/bin/x", 1010).1[0].1, 500);
         assert!(s2.gaps.is_empty(), "{:?}", s2.gaps);
+    }
+
+    #[test]
+    fn an_alert_raised_before_a_kill_is_not_raised_again_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut l, mut s) = Store::open(dir.path(), cfg(), 1000);
+        let e = [entry(1500)];
+        s.record(l.bucket_of(1000), 1000, &e);
+        let raised = l.observe(1000, &e);
+        assert_eq!(raised.len(), 1);
+        s.record_alerts(l.bucket_of(1000), 1000, &raised);
+        drop(s);
+        let (mut l, _) = Store::open(dir.path(), cfg(), 1001);
+        assert!(l.observe(1001, &[entry(10)]).is_empty(), "once per horizon");
+        // Doubled: escalation.
+        assert_eq!(l.observe(1002, &[entry(1600)]).len(), 1);
+    }
+
+    /// The disk bound: a full ledger's snapshot. Prints the figures.
+    #[test]
+    fn a_full_ledger_stays_within_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400;
+        let cfg = LedgerConfig {
+            horizon_secs: 30 * day,
+            send_bytes: 1 << 30,
+            max_cells: crate::detect::ledger::MAX_CELLS,
+        };
+        let rss = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
+        let rss_before = rss();
+        let (mut l, mut s) = Store::open(dir.path(), cfg, 1_800_000_000);
+        // 10,000 identities, each sending to 2 networks and reading, every
+        // day for 35 days: more than the bound.
+        for d in 0..35u64 {
+            let now = 1_800_000_000 + d * day;
+            let entries: Vec<Entry> = (0..10_000)
+                .map(|i| Entry {
+                    identity: format!("uid={} exe=/usr/bin/tool-{i}", i % 100),
+                    pid: i,
+                    comm: "tool".into(),
+                    read: 1 << 20,
+                    sends: vec![
+                        (format!("10.{}.{}.0/24", i / 256 % 256, i % 256), 1 << 20),
+                        ("198.18.0.0/24".into(), 1 << 10),
+                    ],
+                })
+                .collect();
+            l.observe(now, &entries);
+            l.expire(now);
+        }
+        assert!(
+            l.cells() <= crate::detect::ledger::MAX_CELLS,
+            "{}",
+            l.cells()
+        );
+        eprintln!(
+            "full ledger: RSS grew {} KiB (this test alone)",
+            rss().saturating_sub(rss_before)
+        );
+        s.compact(&l, 1_800_000_000 + 35 * day);
+        let size = std::fs::metadata(dir.path().join(SNAPSHOT)).unwrap().len();
+        eprintln!(
+            "full ledger: {} cells, {} identities, {} evicted, snapshot {} bytes",
+            l.cells(),
+            l.ids.len(),
+            l.evicted,
+            size
+        );
+        assert!(size < 32 << 20, "snapshot {size} bytes");
+        assert!(l.evicted > 0);
     }
 
     #[test]
