@@ -131,6 +131,7 @@ fn the_image_runs_as_the_daemonset_runs_it_counts_and_alerts() {
         ("/var/log/sensor", dir("log")),
         ("/var/log/pods", dir("pods")),
         ("/var/lib/kubelet/seccomp", dir("kubelet-seccomp")),
+        ("/var/lib/sensor", dir("state")),
     ]
     .into_iter()
     .collect();
