@@ -126,6 +126,12 @@ fn shipped_rules_are_valid_and_the_prometheusrule_matches_them() {
         .arg("rules")
         .arg(&rules_path));
     assert!(ok, "{out}");
+    // The rules' own unit tests: the 30-day egress warning fires on a drip
+    // and stays quiet on serving; slow_exfil alerts reach Prometheus.
+    let (ok, out) = run(Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(repo().join("deploy/prometheus/sensor-rules.test.yaml")));
+    assert!(ok && out.contains("SUCCESS"), "{out}");
     let rule = yaml(&repo().join("deploy/kubernetes/prometheusrule.yaml"));
     assert_eq!(
         rule["spec"],

@@ -380,8 +380,37 @@ fn alertmanager_body(line: &str, generator_url: &str, now: SystemTime) -> Option
         }]);
         return Some(body.to_string());
     }
+    if s("rule") == crate::detect::ledger::RULE_SLOW_EXFIL {
+        // Held for the horizon it was raised over: one alert per identity
+        // and network per horizon.
+        let horizon = a
+            .get("horizon_s")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(30 * 86_400);
+        let body = serde_json::json!([{
+            "labels": {
+                "alertname": "SensorSlowExfilLedger",
+                "rule": s("rule"),
+                "severity": s("severity"),
+                "scope": s("scope"),
+                "identity": s("identity"),
+                "network": s("network"),
+                "host": s("host"),
+            },
+            "annotations": {
+                "summary": format!("{} sent {} bytes to {} over the horizon, having read model weights",
+                    s("identity"), s("sent_bytes"), s("network")),
+                "alert": line,
+            },
+            "startsAt": s("ts"),
+            "endsAt": rfc3339(now + Duration::from_secs(horizon)),
+            "generatorURL": generator_url,
+        }]);
+        return Some(body.to_string());
+    }
     let actor = match s("scope").as_str() {
         "session" => format!("session:{}", s("pid")),
+        "flow" => format!("flow:{}", s("flow")),
         "container" => format!("container:{}", s("container")),
         _ => format!("process:{}", s("pid")),
     };
@@ -572,5 +601,22 @@ mod tests {
         assert_eq!(a["annotations"]["alert"], line);
         assert_eq!(a["startsAt"], "2026-11-26T17:00:00Z");
         assert_eq!(a["endsAt"], "2026-11-26T17:05:00Z");
+    }
+
+    #[test]
+    fn slow_exfil_reaches_alertmanager_by_identity_and_network_for_the_horizon() {
+        let line = r#"{"ts":"2026-11-26T17:00:00Z","rule":"slow_exfil","severity":"critical","scope":"identity","host":"n1","identity":"uid=0 exe=/usr/bin/curl","network":"198.18.7.0/24","horizon_s":2592000,"sent_bytes":1073741824}"#;
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_712_400);
+        let body: serde_json::Value =
+            serde_json::from_str(&alertmanager_body(line, "http://x", now).unwrap()).unwrap();
+        let a = &body[0];
+        assert_eq!(a["labels"]["alertname"], "SensorSlowExfilLedger");
+        assert_eq!(a["labels"]["identity"], "uid=0 exe=/usr/bin/curl");
+        assert_eq!(a["labels"]["network"], "198.18.7.0/24");
+        assert!(
+            a["labels"].get("pid").is_none(),
+            "no pid in an identity alert"
+        );
+        assert_eq!(a["endsAt"], "2026-12-26T17:00:00Z");
     }
 }

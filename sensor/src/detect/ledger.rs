@@ -65,6 +65,10 @@ pub struct IdState {
     pub nets: BTreeMap<String, BTreeMap<u64, u64>>,
     /// The last bucket with activity.
     pub last: u64,
+    /// When it was last active (unix seconds): the least recently active
+    /// identities are forgotten first.
+    #[serde(default)]
+    pub last_seen: u64,
     /// Per network: the bucket of the last alert and the total it named.
     #[serde(default)]
     pub alerted: BTreeMap<String, (u64, u64)>,
@@ -182,7 +186,7 @@ impl Ledger {
             if e.read == 0 && e.sends.is_empty() {
                 continue;
             }
-            self.add(bucket, e);
+            self.add_at(bucket, now, e);
             touched.push(e.identity.clone());
         }
         touched.sort();
@@ -197,7 +201,12 @@ impl Ledger {
 
     /// Adds `e` to bucket `bucket` (no evaluation): replaying a journal.
     pub fn add(&mut self, bucket: u64, e: &Entry) {
+        self.add_at(bucket, bucket * self.cfg.bucket_secs(), e);
+    }
+
+    fn add_at(&mut self, bucket: u64, now: u64, e: &Entry) {
         let s = self.ids.entry(e.identity.clone()).or_default();
+        s.last_seen = s.last_seen.max(now);
         let before = s.cells();
         if e.read > 0 {
             *s.read.entry(bucket).or_default() += e.read;
@@ -299,10 +308,18 @@ impl Ledger {
         if self.cells <= self.cfg.max_cells {
             return;
         }
-        let mut by_last: Vec<(u64, String)> =
-            self.ids.iter().map(|(k, s)| (s.last, k.clone())).collect();
+        // Least recently active first; among equals, the fewest untrusted
+        // bytes (a flood of new identities does not push out a drip).
+        let mut by_last: Vec<(u64, u64, String)> = self
+            .ids
+            .iter()
+            .map(|(k, s)| {
+                let sent: u64 = s.nets.values().flat_map(|v| v.values()).sum();
+                (s.last_seen, sent, k.clone())
+            })
+            .collect();
         by_last.sort();
-        for (_, id) in by_last {
+        for (_, _, id) in by_last {
             if self.cells <= self.cfg.max_cells * 9 / 10 {
                 break;
             }
