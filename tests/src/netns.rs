@@ -18,6 +18,8 @@ const PREFIX: &str = "sensor-t";
 
 pub struct Peer {
     pub ns: String,
+    /// The host's end of the veth pair (raw frames sent there reach the peer).
+    pub host_if: String,
     /// This host's end.
     pub host_ip: Ipv4Addr,
     /// The peer's IPv4 address, `.2` on its subnet.
@@ -74,6 +76,7 @@ impl Peer {
         let (host_ip6, peer_ip6) = (subnet.v6(1), subnet.v6(2));
         let peer = Peer {
             ns: ns.clone(),
+            host_if: host_if.clone(),
             host_ip,
             ip: peer_ip,
             ip6: peer_ip6,

@@ -327,5 +327,16 @@ pub fn read_from(tgid: u32, key: CarrierKey, bytes: u64) -> u64 {
     if c.writer == tgid {
         return 0;
     }
-    holding::take(tgid, key, bytes, c.bytes, Some(c), None)
+    // A stream's reader may be ahead of the marking: the writer's bytes
+    // are readable as soon as they are queued, before the writer's hook
+    // runs (the last chunk of a stream would be missed). Up to what the
+    // writer holds, they are taken as read. (Not for files: others may
+    // append to a derived file.)
+    let mut cap = c.bytes;
+    if key.via != VIA_FILE {
+        if let Some(h) = holding::of(c.writer) {
+            cap = cap.max(h.bytes);
+        }
+    }
+    holding::take(tgid, key, bytes, cap, Some(c), None)
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{LruPerCpuHashMap, PerCpuHashMap},
 };
 use sensor_common::{
-    maps, Loss, SendCounters, SendKey, AF_INET, AF_INET6, AF_UNIX, FAMILY_OVERFLOW, OVERFLOW_TGID,
+    maps, Loss, SendCounters, SendKey, AF_INET, AF_INET6, FAMILY_OVERFLOW, OVERFLOW_TGID,
 };
 
 use super::udp_dest;
@@ -51,11 +51,15 @@ pub fn count_send<M: Mem>(sk: *const u8, bytes: u64) -> Result<(), Loss> {
             key.addr = read(sk, off!(sk_v6_daddr))?;
             key.port = u16::from_be(M::get(sk, off!(sk_dport))?);
         }
-        AF_UNIX => {}
-        _ => return Ok(()),
+        // Every other family (AF_PACKET raw frames, VSOCK, XDP…) is counted
+        // too, by family: user space judges it (untrusted unless known).
+        _ => {}
     }
-    if family != AF_UNIX && key.port == 0 && key.addr == [0; 16] {
-        // Unconnected UDP: the destination the cgroup hook saw for this socket.
+    let inet = family == AF_INET || family == AF_INET6;
+    // A datagram sent with an address: the destination the cgroup hook saw
+    // for this socket, connected or not (a UDP socket connected to a
+    // trusted peer may `sendto` anywhere).
+    if inet && (key.addr == [0; 16] || carrier::is_datagram::<M>(sk)?) {
         let cookie: u64 = M::get(sk, off!(sk_cookie))?;
         if let Some(dest) = udp_dest::take(cookie) {
             key.family = dest.family;

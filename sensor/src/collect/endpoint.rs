@@ -13,9 +13,26 @@ pub enum Endpoint {
     /// A socket without a remote address (e.g. unconnected UDP).
     Unknown,
     Unix,
+    /// A socket of another family (`AF_PACKET` raw frames, VSOCK, XDP,
+    /// netlink…), by its family number: no address the sensor can judge.
+    Family(u16),
     /// Destinations an alert folded together past its per-actor cap (their
     /// bytes still count).
     Other,
+}
+
+/// `AF_NETLINK`: the kernel on this host.
+pub const AF_NETLINK: u16 = 16;
+
+/// A family's name as the alerts and `sensor tail` show it.
+fn family_name(family: u16) -> String {
+    match family {
+        AF_NETLINK => "netlink".into(),
+        17 => "packet".into(),
+        40 => "vsock".into(),
+        44 => "xdp".into(),
+        n => format!("af{n}"),
+    }
 }
 
 impl Endpoint {
@@ -25,6 +42,7 @@ impl Endpoint {
             Self::Ip(ip, port) => (ip.to_string(), *port),
             Self::Unknown => ("unknown".into(), 0),
             Self::Unix => ("unix".into(), 0),
+            Self::Family(f) => (family_name(*f), 0),
             Self::Other => ("other".into(), 0),
         }
     }
@@ -51,7 +69,8 @@ impl Endpoint {
                     Some(Self::Ip(ip.to_canonical(), port))
                 }
             }
-            _ => None,
+            // Counted whatever the family (raw packets leave the host too).
+            other => Some(Self::Family(other)),
         }
     }
 }
@@ -63,6 +82,7 @@ impl std::fmt::Display for Endpoint {
             Self::Ip(IpAddr::V6(ip), port) => write!(f, "[{ip}]:{port}"),
             Self::Unknown => f.write_str("unknown"),
             Self::Unix => f.write_str("unix"),
+            Self::Family(n) => f.write_str(&family_name(*n)),
             Self::Other => f.write_str("other"),
         }
     }

@@ -41,6 +41,10 @@ impl Classifier {
     pub fn classify(&self, endpoint: &Endpoint) -> DestClass {
         match endpoint {
             Endpoint::Unix => DestClass::Local,
+            // Netlink talks to this host's kernel; any other family (raw
+            // packets, VSOCK to a hypervisor…) may leave: untrusted.
+            Endpoint::Family(crate::collect::endpoint::AF_NETLINK) => DestClass::Local,
+            Endpoint::Family(_) => DestClass::Untrusted,
             Endpoint::Unknown | Endpoint::Other => DestClass::Untrusted,
             Endpoint::Ip(ip, _) if ip.is_loopback() => DestClass::Loopback,
             Endpoint::Ip(ip, _) if self.trusted.iter().any(|net| net.contains(ip)) => {

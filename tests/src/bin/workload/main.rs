@@ -5,6 +5,7 @@
 mod abuse;
 mod exfil;
 mod files;
+mod holes;
 mod lineage;
 mod net;
 mod pressure;
@@ -110,6 +111,8 @@ fn main() {
         "write-out" => lineage::write_out(&args),
         "spray-files" => lineage::spray_files(&args),
         "ship" => lineage::ship(&args),
+        "read-i386" => holes::read_i386(&args),
+        "packet-send" => holes::packet_send(&args),
         "loopback-chatter" => abuse::loopback_chatter(&args),
         "spray" => abuse::spray(&args),
         "mmap-many" => abuse::mmap_many(&args),

@@ -142,12 +142,19 @@ pub fn udp_send(a: &Args) -> Result<()> {
         "[::]:0".parse().unwrap()
     };
     let s = UdpSocket::bind(bind)?;
-    if !unconnected {
+    // `--connect ADDR`: connected to ADDR, yet each datagram sent to --to.
+    let connected_elsewhere = a.opt("connect").map(|c| {
+        c.parse::<SocketAddr>()
+            .unwrap_or_else(|_| die("bad --connect"))
+    });
+    if let Some(c) = connected_elsewhere {
+        s.connect(c)?;
+    } else if !unconnected {
         s.connect(to)?;
     }
     let fd = s.as_raw_fd();
     let (mut ss, sslen) = sockaddr(&to);
-    let (name, namelen) = if unconnected {
+    let (name, namelen) = if unconnected || connected_elsewhere.is_some() {
         ((&raw mut ss).cast::<libc::c_void>(), sslen)
     } else {
         (std::ptr::null_mut(), 0)
