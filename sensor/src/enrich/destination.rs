@@ -127,7 +127,17 @@ mod tests {
     }
 
     #[test]
-    fn other_families_are_ignored() {
-        assert_eq!(Endpoint::from_kernel(16, [0; 16], 0), None);
+    fn other_families_are_counted_and_judged() {
+        let c = Classifier::new(vec![]);
+        let netlink = Endpoint::from_kernel(16, [0; 16], 0).unwrap();
+        assert_eq!(netlink, Endpoint::Family(16));
+        assert_eq!(c.classify(&netlink), DestClass::Local, "the host's kernel");
+        let packet = Endpoint::from_kernel(17, [0; 16], 0).unwrap();
+        assert_eq!(
+            c.classify(&packet),
+            DestClass::Untrusted,
+            "raw frames leave"
+        );
+        assert_eq!(packet.to_string(), "packet");
     }
 }
