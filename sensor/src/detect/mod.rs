@@ -324,7 +324,17 @@ impl Detector {
     /// of short-lived readers of weights holds an actor each for a window.
     pub fn forget_exited(&mut self, exited: impl IntoIterator<Item = (u32, u64)>) {
         for (tgid, first_seen_ns) in exited {
-            self.actors.remove(&ActorKey::Process(tgid, first_seen_ns));
+            let key = ActorKey::Process(tgid, first_seen_ns);
+            // One that alerted stays until its window passes: its session
+            // and container defer to it (else they would alert again, for
+            // the same bytes, the poll after it exited).
+            if self
+                .actors
+                .get(&key)
+                .is_some_and(|s| s.last_alert.is_none())
+            {
+                self.actors.remove(&key);
+            }
         }
     }
 
@@ -787,6 +797,18 @@ mod tests {
         );
         assert_eq!(a.destinations, vec![(ep(2), Untrusted, 150 * MIB)]);
         assert_eq!(a.pids, vec![10]);
+    }
+
+    #[test]
+    fn a_session_does_not_alert_again_after_its_alerted_process_exits() {
+        let mut d = Detector::new(cfg());
+        let a = d.observe(100, &[act(10, 50, 100 * MIB, &[(2, Untrusted, 60 * MIB)])]);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].scope, Scope::Process);
+        d.forget_exited([(10, 1010)]);
+        // Another process of the session, moving nothing that matters.
+        let b = d.observe(101, &[act(11, 50, 0, &[(3, Loopback, 10)])]);
+        assert!(b.is_empty(), "{b:?}");
     }
 
     #[test]
