@@ -78,6 +78,26 @@ pub fn pattern_file(path: &std::path::Path, bytes: u64) -> std::io::Result<()> {
     std::fs::write(path, body)
 }
 
+/// `bytes` that do not compress (so a pipeline through gzip still sends
+/// them all), in whole MiB, synced.
+pub fn random_file(path: &std::path::Path, bytes: u64) {
+    use std::io::Write;
+    const MIB: u64 = 1 << 20;
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ bytes;
+    let mut block = vec![0u8; MIB as usize];
+    for _ in 0..bytes / MIB {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
 /// Asserts `actual` is within `pct` percent of `expected` (which comes from
 /// the workload, never from the sensor).
 #[track_caller]

@@ -6,7 +6,6 @@
 //! bytes crossed the thresholds (its own clock).
 
 use std::{
-    io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -25,23 +24,6 @@ const FILE_BYTES: u64 = 32 * MIB;
 /// Where the rule is crossed for a 32 MiB read: sent >= max(8 MiB, 0.5 × read).
 const MARK: u64 = 16 * MIB;
 
-/// Bytes that do not compress (so a pipeline through gzip still sends them all).
-fn random_file(path: &Path, bytes: u64) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ bytes;
-    let mut block = vec![0u8; MIB as usize];
-    for _ in 0..bytes / MIB {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.sync_all().unwrap();
-}
-
 /// The watched directory and its 32 MiB of weights.
 struct Weights {
     dir: tempfile::TempDir,
@@ -55,7 +37,7 @@ impl Weights {
             .tempdir()
             .unwrap();
         let file = dir.path().join("model-00001-of-00002.safetensors");
-        random_file(&file, FILE_BYTES);
+        tests::random_file(&file, FILE_BYTES);
         Weights { dir, file }
     }
 
@@ -533,7 +515,7 @@ fn benign_sends_a_lot_but_read_no_weights() {
     let s = scenario(&w).start();
     let other = tempfile::tempdir().unwrap();
     let data = other.path().join("dataset.bin.part");
-    random_file(&data, FILE_BYTES);
+    tests::random_file(&data, FILE_BYTES);
     let r = s.run(
         Workload::read_send(&data)
             .as_comm("dt-b-upload")
@@ -548,7 +530,7 @@ fn benign_small_fraction_of_what_was_read() {
     let w = Weights::new();
     let s = scenario(&w).start();
     let big = w.dir.path().join("big.gguf");
-    random_file(&big, 64 * MIB);
+    tests::random_file(&big, 64 * MIB);
     // 12 MiB out of 64 MiB: above min-send-bytes, below the 0.5 ratio.
     let r = s.run(
         Workload::read_send(&big)

@@ -31,22 +31,6 @@ const WINDOW_S: u64 = 10;
 /// Where the rule is crossed for 40 MiB in: sent >= max(16 MiB, 0.5 × 40 MiB).
 const MARK: u64 = 20 * MIB;
 
-fn random_file(path: &Path, bytes: u64) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ bytes;
-    let mut block = vec![0u8; MIB as usize];
-    for _ in 0..bytes / MIB {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.sync_all().unwrap();
-}
-
 /// The watched directory with 40 MiB of weights, and a scratch directory
 /// on the same file system, outside the watch set.
 struct Weights {
@@ -62,7 +46,7 @@ impl Weights {
             .tempdir()
             .unwrap();
         let file = dir.path().join("model-00001-of-00002.safetensors");
-        random_file(&file, FILE_BYTES);
+        tests::random_file(&file, FILE_BYTES);
         let scratch = tempfile::Builder::new()
             .prefix("sensor-ln-scratch")
             .tempdir()
@@ -96,8 +80,9 @@ fn scenario(w: &Weights) -> Scenario {
         .trusted_peer()
 }
 
-/// Runs `script` under `sh` in a new session, to completion.
-fn sh(script: &str) {
+/// Runs `script` under `sh` in a new session, to completion; the JSON
+/// reports its workloads printed.
+fn sh(script: &str) -> Vec<Value> {
     let out = Command::new("setsid")
         .args(["-w", "sh", "-c", script])
         .output()
@@ -107,6 +92,10 @@ fn sh(script: &str) {
         "{script}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn p(path: &Path) -> &str {
@@ -263,76 +252,76 @@ fn copy_then_send_two_windows_later_from_another_session() {
     println!("LINEAGE-EXAMPLE {a}");
 }
 
-#[test]
-fn compress_then_send() {
-    let w = Weights::new();
-    let s = scenario(&w).start();
-    let gz = w.scratch("weights.gz");
-    sh(&format!("gzip -1 -c {} > {}", w.str(), p(&gz)));
-    let (pid, crossed, sent) = send_out(&s, "ln-gz-send", &gz);
-    assert!(sent >= FILE_BYTES, "gzip does not shrink random bytes");
+/// The weights staged by `stager` (`script`, in its own session) into
+/// `staged`; `comm` reads that and sends it out. The flow alert, naming
+/// the weights file read by the stager and the staged file; what was sent.
+fn staged_then_sent(
+    w: &Weights,
+    what: &str,
+    stager: &str,
+    script: &str,
+    staged: &Path,
+    comm: &str,
+) -> u64 {
+    let s = scenario(w).start();
+    sh(script);
+    let (pid, crossed, sent) = send_out(&s, comm, staged);
     lineage_alert(
         &s,
-        "gzip, then send",
+        what,
         "flow",
         pid,
         crossed,
         &[
-            hop("read").comm("gzip").path(w.str()),
-            hop("file").path(p(&gz)),
+            hop("read").comm(stager).path(w.str()),
+            hop("file").path(p(staged)),
         ],
         FILE_BYTES,
     );
+    sent
+}
+
+#[test]
+fn compress_then_send() {
+    let w = Weights::new();
+    let gz = w.scratch("weights.gz");
+    let script = format!("gzip -1 -c {} > {}", w.str(), p(&gz));
+    let sent = staged_then_sent(&w, "gzip, then send", "gzip", &script, &gz, "ln-gz-send");
+    assert!(sent >= FILE_BYTES, "gzip does not shrink random bytes");
 }
 
 #[test]
 fn encrypt_then_send() {
     let w = Weights::new();
-    let s = scenario(&w).start();
     let enc = w.scratch("weights.enc");
-    sh(&format!(
+    let script = format!(
         "openssl enc -aes-256-ctr -pbkdf2 -pass pass:k -in {} -out {}",
         w.str(),
         p(&enc)
-    ));
-    let (pid, crossed, _) = send_out(&s, "ln-enc-send", &enc);
-    lineage_alert(
-        &s,
+    );
+    staged_then_sent(
+        &w,
         "openssl enc, then send",
-        "flow",
-        pid,
-        crossed,
-        &[
-            hop("read").comm("openssl").path(w.str()),
-            hop("file").path(p(&enc)),
-        ],
-        FILE_BYTES,
+        "openssl",
+        &script,
+        &enc,
+        "ln-enc-send",
     );
 }
 
 #[test]
 fn tmpfs_staging_then_send() {
     let w = Weights::new();
-    let s = scenario(&w).start();
     let staged = PathBuf::from(format!("/dev/shm/sensor-ln-{}.bin", std::process::id()));
     let _gone = Removed(staged.clone());
-    sh(&format!(
-        "dd if={} of={} bs=1M status=none",
-        w.str(),
-        p(&staged)
-    ));
-    let (pid, crossed, _) = send_out(&s, "ln-shm-send", &staged);
-    lineage_alert(
-        &s,
+    let script = format!("dd if={} of={} bs=1M status=none", w.str(), p(&staged));
+    staged_then_sent(
+        &w,
         "dd to /dev/shm, then send",
-        "flow",
-        pid,
-        crossed,
-        &[
-            hop("read").comm("dd").path(w.str()),
-            hop("file").path(p(&staged)),
-        ],
-        FILE_BYTES,
+        "dd",
+        &script,
+        &staged,
+        "ln-shm-send",
     );
 }
 
@@ -381,33 +370,20 @@ fn setsid_pipeline_sender_leaves_the_session() {
     let s = scenario(&w).start();
     let sink = s.sink(&To::untrusted());
     let sender = workload::program("ln-setsid-send");
-    let out = Command::new("setsid")
-        .args([
-            "-w",
-            "sh",
-            "-c",
-            &format!(
-                "cat {} | setsid -w {} stdin-send --to {} --mark-sent {MARK}",
-                w.str(),
-                sender.display(),
-                sink.addr()
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let reports = sh(&format!(
+        "cat {} | setsid -w {} stdin-send --to {} --mark-sent {MARK}",
+        w.str(),
+        sender.display(),
+        sink.addr()
+    ));
+    let r = reports.last().expect("the sender's report");
     assert_eq!(sink.finish(), FILE_BYTES);
     lineage_alert(
         &s,
         "cat | setsid sender",
         "flow",
-        u(&r, "pid"),
-        u(&r, "crossed_ms"),
+        u(r, "pid"),
+        u(r, "crossed_ms"),
         &[
             hop("read").comm("cat").path(w.str()),
             hop("pipe").comm("ln-setsid-send"),
@@ -428,30 +404,13 @@ fn pipe_to_a_sender_that_first_read_a_little_weights_itself() {
     std::fs::write(&pth, vec![b'#'; 8192]).unwrap();
     let sink = s.sink(&To::untrusted());
     let sender = workload::program("ln-pth-send");
-    let out = Command::new("setsid")
-        .args([
-            "-w",
-            "sh",
-            "-c",
-            &format!(
-                "cat {} | setsid -w {} stdin-send --first-read {} --to {} --mark-sent {MARK}",
-                w.str(),
-                sender.display(),
-                p(&pth),
-                sink.addr()
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let reports = sh(&format!(
+        "cat {} | setsid -w {} stdin-send --first-read {} --to {} --mark-sent {MARK}",
+        w.str(),
+        sender.display(),
+        p(&pth),
+        sink.addr()
+    ));
     assert_eq!(u(&reports[0], "first_read_bytes"), 4096);
     let r = reports.last().unwrap();
     assert_eq!(sink.finish(), FILE_BYTES);

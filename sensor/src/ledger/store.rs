@@ -84,19 +84,24 @@ pub struct Store {
 }
 
 impl Store {
-    /// Loads the ledger from `dir` (snapshot, then journal), recording what
-    /// it could not read as gaps; then compacts, so the files are whole.
-    pub fn open(dir: &Path, cfg: LedgerConfig, now: u64) -> (Ledger, Store) {
-        let mut store = Store {
+    /// A store of `dir` with no file open yet.
+    fn at(dir: &Path, gaps: Vec<Gap>) -> Store {
+        Store {
             dir: dir.to_path_buf(),
             journal: None,
             journal_bytes: 0,
             last_compact: Instant::now(),
             last_sync: Instant::now(),
             unsynced: false,
-            gaps: Vec::new(),
+            gaps,
             errors: 0,
-        };
+        }
+    }
+
+    /// Loads the ledger from `dir` (snapshot, then journal), recording what
+    /// it could not read as gaps; then compacts, so the files are whole.
+    pub fn open(dir: &Path, cfg: LedgerConfig, now: u64) -> (Ledger, Store) {
+        let mut store = Store::at(dir, Vec::new());
         if let Err(e) = std::fs::create_dir_all(dir) {
             store.fail(now, format!("state dir {}: {e}", dir.display()));
         }
@@ -390,16 +395,7 @@ pub fn read_only(dir: &Path, now: u64) -> Result<(Ledger, Vec<Gap>), String> {
         send_bytes: snap.send_bytes,
         max_cells: usize::MAX,
     };
-    let mut store = Store {
-        dir: dir.to_path_buf(),
-        journal: None,
-        journal_bytes: 0,
-        last_compact: Instant::now(),
-        last_sync: Instant::now(),
-        unsynced: false,
-        gaps: snap.gaps,
-        errors: 0,
-    };
+    let mut store = Store::at(dir, snap.gaps);
     let mut ledger = Ledger::with_state(cfg, snap.ids, now);
     store.replay(&mut ledger, now);
     ledger.expire(now);

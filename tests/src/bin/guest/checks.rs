@@ -1,14 +1,7 @@
 //! The workloads a guest runs and how their own counts are compared with
 //! what the agent exports.
 
-use std::{
-    collections::BTreeMap,
-    io::Read,
-    net::{TcpListener, UdpSocket},
-    path::PathBuf,
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::UdpSocket, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use tests::scrape::{scrape, Metrics};
@@ -353,29 +346,11 @@ pub fn workload(bin: &str, data: &Data, comm: &str, args: &[String], key: &str) 
 /// A `tcp-send` (more arguments in `extra`) to a listener drained by this
 /// process; the bytes the workload sent, checked against those received.
 fn tcp_send(bin: &str, data: &Data, comm: &str, extra: &[&str]) -> Result<u64> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    let drain = std::thread::spawn(move || -> std::io::Result<u64> {
-        let (mut s, _) = l.accept()?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0;
-        loop {
-            match s.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n as u64,
-            }
-        }
-    });
-    let mut args = vec!["tcp-send".to_string(), "--to".into(), addr.to_string()];
+    let (addr, drained) = crate::lineage::drain()?;
+    let mut args = vec!["tcp-send".to_string(), "--to".into(), addr];
     args.extend(extra.iter().map(|a| a.to_string()));
     let sent = workload(bin, data, comm, &args, "sent_bytes")?;
-    let received = drain
-        .join()
-        .map_err(|_| anyhow::anyhow!("drain panicked"))??;
-    anyhow::ensure!(
-        received == sent,
-        "{comm}: the sink got {received} of {sent} bytes"
-    );
+    crate::lineage::ensure_drained(drained, sent, comm)?;
     Ok(sent)
 }
 

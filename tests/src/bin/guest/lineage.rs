@@ -138,7 +138,7 @@ fn strings(a: &[&str]) -> Vec<String> {
 
 /// A loopback listener drained by a thread: its address, and the bytes it
 /// will have read.
-fn drain() -> Result<(String, std::thread::JoinHandle<std::io::Result<u64>>)> {
+pub fn drain() -> Result<(String, std::thread::JoinHandle<std::io::Result<u64>>)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?.to_string();
     let h = std::thread::spawn(move || -> std::io::Result<u64> {
@@ -155,7 +155,7 @@ fn drain() -> Result<(String, std::thread::JoinHandle<std::io::Result<u64>>)> {
     Ok((addr, h))
 }
 
-fn ensure_drained(
+pub fn ensure_drained(
     h: std::thread::JoinHandle<std::io::Result<u64>>,
     want: u64,
     what: &str,
