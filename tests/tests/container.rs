@@ -372,6 +372,38 @@ fn the_image_runs_as_the_daemonset_runs_it_counts_and_alerts() {
     .to_string();
     assert_eq!(code, "0", "exit code after SIGTERM:\n{}", logs());
     assert!(logs().contains("programs detached"), "{}", logs());
+    // The slow_exfil ledger, written under the manifest's security context
+    // into the state hostPath, and readable from there with no agent.
+    assert_eq!(
+        m.sum("sensor_ledger_state_errors_total", &[]),
+        0,
+        "the state dir was writable:\n{}",
+        logs()
+    );
+    let out = Command::new(tests::sensor_bin())
+        .args(["ledger", "--json", "--state-dir"])
+        .arg(&remapped["/var/lib/sensor"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = rows
+        .iter()
+        .find(|r| r["last_comm"] == "ct-exfil")
+        .unwrap_or_else(|| panic!("no ledger row for ct-exfil: {rows:?}"));
+    tests::assert_within(
+        "untrusted sent bytes in the ledger (agent in its container)",
+        row["untrusted_sent_bytes"].as_u64().unwrap(),
+        sent,
+        1.0,
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left: Vec<u32> = progs
