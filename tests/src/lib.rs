@@ -98,6 +98,13 @@ pub fn random_file(path: &std::path::Path, bytes: u64) {
     f.sync_all().unwrap();
 }
 
+/// The number `key` of a JSON object (an alert, a report, a ledger row);
+/// panics naming the key and the object when it is missing.
+#[track_caller]
+pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
 /// Asserts `actual` is within `pct` percent of `expected` (which comes from
 /// the workload, never from the sensor).
 #[track_caller]

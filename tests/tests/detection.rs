@@ -15,6 +15,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     fake_container::FakeContainer,
+    num as u,
     scenario::{Rule, Scenario, Scene, To, Workload},
     workload,
 };
@@ -71,11 +72,6 @@ fn pids(a: &Value) -> Vec<u64> {
         .as_array()
         .map(|v| v.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default()
-}
-
-fn u(a: &Value, k: &str) -> u64 {
-    a[k].as_u64()
-        .unwrap_or_else(|| panic!("alert has no {k}: {a}"))
 }
 
 fn report_u(r: &Value, k: &str) -> u64 {

@@ -7,10 +7,10 @@
 
 use std::{path::Path, time::Duration};
 
-use serde_json::Value;
 use tests::{
     agent::Agent,
     netns::Peer,
+    num as u,
     scenario::{Scenario, To},
     workload,
 };
@@ -22,10 +22,6 @@ fn weights(dir: &Path) -> String {
     let f = dir.join("model.safetensors");
     tests::pattern_file(&f, FILE_BYTES).unwrap();
     f.to_str().unwrap().to_string()
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
 
 const SENT: &str = "sensor_socket_send_bytes_total";

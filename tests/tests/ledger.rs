@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{agent::Agent, netns::Peer, workload::Sink};
+use tests::{agent::Agent, netns::Peer, num as u, workload::Sink};
 
 const MIB: u64 = 1 << 20;
 const SLICE: u64 = 8 * MIB;
@@ -112,10 +112,6 @@ fn drip(exe: &Path, peer: &Peer, weights: &Path, bytes: u64) -> Value {
     r
 }
 
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
-}
-
 fn network(peer: &Peer) -> String {
     let ip = peer.addr(false).to_string();
     let (net, _) = ip.rsplit_once('.').unwrap();
@@ -139,8 +135,15 @@ fn ledger(state: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn within_1pct(got: u64, want: u64) -> bool {
-    got.abs_diff(want) * 100 <= want
+/// The `sensor ledger` row of the identity of executable `exe`.
+fn row_of<'a>(rows: &'a [Value], exe: &Path) -> &'a Value {
+    rows.iter()
+        .find(|r| {
+            r["identity"]
+                .as_str()
+                .is_some_and(|i| i.ends_with(exe.to_str().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("no row for {}: {rows:?}", exe.display()))
 }
 
 fn slow_exfil(agent: &Agent, identity_exe: &Path) -> Value {
@@ -188,24 +191,19 @@ fn a_drip_by_short_lived_processes_of_one_identity_alerts_and_the_ledger_shows_i
     // journals every poll), against the workloads' own counts.
     std::thread::sleep(Duration::from_millis(600));
     let rows = ledger(&s.state);
-    let row = rows
-        .iter()
-        .find(|r| {
-            r["identity"]
-                .as_str()
-                .is_some_and(|i| i.ends_with(exe.to_str().unwrap()))
-        })
-        .unwrap_or_else(|| panic!("no row for {}: {rows:?}", exe.display()));
-    let ledger_sent = u(&row["destinations"][0], "bytes");
-    assert!(
-        within_1pct(ledger_sent, sent),
-        "ledger {ledger_sent}, sent {sent}: {row}"
+    let row = row_of(&rows, &exe);
+    tests::assert_within(
+        "ledger: sent to the network",
+        u(&row["destinations"][0], "bytes"),
+        sent,
+        1.0,
     );
     assert_eq!(row["destinations"][0]["network"], network(&peer).as_str());
-    let ledger_read = u(row, "watched_read_bytes");
-    assert!(
-        within_1pct(ledger_read, read),
-        "ledger {ledger_read}, read {read}: {row}"
+    tests::assert_within(
+        "ledger: watched bytes read",
+        u(row, "watched_read_bytes"),
+        read,
+        1.0,
     );
     assert!(!row["alerts"].as_array().unwrap().is_empty(), "{row}");
     eprintln!("slow_exfil: {a}\nledger: {row}");
@@ -234,10 +232,11 @@ fn the_ledger_survives_sigterm_and_sigkill_in_the_middle_of_a_drip() {
     let agent = s.agent(&[]);
     sent += u(&drip(&exe, &peer, &s.weights, SLICE), "sent_bytes");
     let a = slow_exfil(&agent, &exe);
-    assert!(
-        within_1pct(u(&a, "sent_bytes"), sent),
-        "the total across two restarts: alert {} vs sent {sent}: {a}",
-        u(&a, "sent_bytes")
+    tests::assert_within(
+        "the alert's total across two restarts",
+        u(&a, "sent_bytes"),
+        sent,
+        1.0,
     );
     let rows = ledger(&s.state);
     assert!(
@@ -268,15 +267,13 @@ fn a_server_sending_the_same_total_to_twenty_networks_stays_quiet() {
         .collect();
     assert!(noisy.is_empty(), "{noisy:?}");
     let rows = ledger(&s.state);
-    let row = rows
-        .iter()
-        .find(|r| {
-            r["identity"]
-                .as_str()
-                .is_some_and(|i| i.ends_with(exe.to_str().unwrap()))
-        })
-        .unwrap_or_else(|| panic!("{rows:?}"));
-    assert!(within_1pct(u(row, "untrusted_sent_bytes"), sent), "{row}");
+    let row = row_of(&rows, &exe);
+    tests::assert_within(
+        "ledger: untrusted bytes",
+        u(row, "untrusted_sent_bytes"),
+        sent,
+        1.0,
+    );
     assert_eq!(
         row["destinations"].as_array().unwrap().len(),
         10,

@@ -21,6 +21,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     fake_container::FakeContainer,
+    num as u,
     scenario::{Rule, Scenario, Scene, To, Workload},
     workload::{self, Sink},
 };
@@ -100,10 +101,6 @@ fn sh(script: &str) -> Vec<Value> {
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
 }
 
 /// What a lineage hop must say.
